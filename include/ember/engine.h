@@ -1,0 +1,57 @@
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ember/model_config.h"
+#include "ember/tokenizer.h"
+
+namespace ember {
+
+enum class Device { Cpu, Cuda };
+
+// exact: fp32 activations (matches HF transformers in fp32).
+// fast:  bf16 activations with fp32 accumulation, as on a GPU.
+enum class Precision { Exact, Fast };
+
+Device parse_device(const std::string& name);        // "cpu" | "cuda"
+Precision parse_precision(const std::string& name);  // "exact" | "fast"
+
+struct EngineOptions {
+  std::string model;  // a model folder, or a hub id found in the local Hugging Face cache
+  Device device = Device::Cpu;
+  Precision precision = Precision::Exact;
+  int threads = 0;                 // 0: all cores
+  int64_t max_batch_tokens = 8192;  // tokens packed into one forward pass
+};
+
+struct EmbedOptions {
+  int dimensions = 0;        // 0: full hidden size; else Matryoshka, 32 <= d <= hidden
+  std::string instruction;   // non-empty: "Instruct: {instruction}\nQuery:{text}"
+  bool truncate = false;     // over-long inputs: cut to the model's maximum instead of an error
+};
+
+// A loaded model: tokenizer + weights on a backend. Thread-compatible (one caller at a time).
+class Engine {
+ public:
+  static std::unique_ptr<Engine> open(const EngineOptions& options);
+  virtual ~Engine() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  virtual const Tokenizer& tokenizer() const = 0;
+  virtual const std::filesystem::path& model_dir() const = 0;
+
+  // The model-input ids of a text (instruction applied), checked against the model's limits.
+  virtual std::vector<int32_t> tokenize(const std::string& text, const EmbedOptions& options) const = 0;
+
+  // L2-normalised embeddings, one per sequence, in input order. Sequences are packed into
+  // batches of at most max_batch_tokens without padding.
+  virtual std::vector<std::vector<float>> embed_tokens(const std::vector<std::vector<int32_t>>& sequences,
+                                                       int dimensions = 0) = 0;
+  virtual std::vector<std::vector<float>> embed_texts(const std::vector<std::string>& texts,
+                                                      const EmbedOptions& options) = 0;
+};
+
+}  // namespace ember

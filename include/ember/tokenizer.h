@@ -1,0 +1,45 @@
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ember {
+
+// Byte-level BPE tokenizer read from a Hugging Face tokenizer.json (+ tokenizer_config.json),
+// equal to HF `tokenizers` for the Qwen2/Qwen3 family.
+//
+// Invalid UTF-8 is rejected: encode() throws ember::Error naming the byte offset. (HF can only
+// see valid Unicode strings, so there is no reference behaviour to copy; silently replacing bytes
+// would embed a different text than the user sent.)
+class Tokenizer {
+ public:
+  // Reads dir/tokenizer.json and, when present, dir/tokenizer_config.json.
+  static Tokenizer from_dir(const std::filesystem::path& dir);
+  static Tokenizer from_files(const std::filesystem::path& tokenizer_json,
+                              const std::filesystem::path& tokenizer_config_json);  // may be empty
+
+  Tokenizer(Tokenizer&&) noexcept;
+  Tokenizer& operator=(Tokenizer&&) noexcept;
+  ~Tokenizer();
+
+  // Token ids of the text alone, as HF `encode(text, add_special_tokens=False)`.
+  std::vector<int32_t> encode(std::string_view text) const;
+
+  // The model input: encode(text) followed by <|endoftext|>, unless the file's own
+  // post-processor already appends it (then its output is used as is).
+  std::vector<int32_t> encode_for_model(std::string_view text) const;
+
+  int32_t eos_id() const;        // <|endoftext|>
+  int64_t id_count() const;      // one past the largest id the tokenizer can produce
+  std::string token_text(int32_t id) const;  // the vocabulary entry (byte-level form), for debugging
+
+ private:
+  struct Impl;
+  explicit Tokenizer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ember
