@@ -1,1 +1,139 @@
-// placeholder: replaced by the real implementation
+#include "ember/engine.h"
+
+#include <string>
+
+#include "backend/backend.h"
+#include "ember/error.h"
+#include "model/model_dir.h"
+#include "model/pooling.h"
+#include "model/qwen3.h"
+#include "model/weights.h"
+
+namespace ember {
+
+Device parse_device(const std::string& name) {
+  if (name == "cpu") return Device::Cpu;
+  if (name == "cuda") return Device::Cuda;
+  throw Error("unknown device '" + name + "' (expected cpu or cuda)");
+}
+
+Precision parse_precision(const std::string& name) {
+  if (name == "exact") return Precision::Exact;
+  if (name == "fast") return Precision::Fast;
+  throw Error("unknown precision '" + name + "' (expected exact or fast)");
+}
+
+namespace {
+
+std::unique_ptr<Backend> make_backend(const EngineOptions& options) {
+  switch (options.device) {
+    case Device::Cpu: return make_cpu_backend(options.precision, options.threads);
+    case Device::Cuda: throw Error("the CUDA backend is not part of this build yet; use --device cpu");
+  }
+  throw Error("unknown device");
+}
+
+class LoadedEngine final : public Engine {
+ public:
+  explicit LoadedEngine(const EngineOptions& options)
+      : options_(options),
+        dir_(resolve_model_dir(options.model)),
+        config_(ModelConfig::from_file(dir_ / "config.json")),
+        tokenizer_(Tokenizer::from_dir(dir_)),
+        weights_(WeightStore::open(dir_)),
+        backend_(make_backend(options)),
+        model_(config_, weights_, *backend_) {
+    if (options.max_batch_tokens < 1) throw Error("max batch tokens must be at least 1");
+  }
+
+  const ModelConfig& config() const override { return config_; }
+  const Tokenizer& tokenizer() const override { return tokenizer_; }
+  const std::filesystem::path& model_dir() const override { return dir_; }
+
+  std::vector<int32_t> tokenize(const std::string& text, const EmbedOptions& options) const override {
+    std::vector<int32_t> ids = options.instruction.empty()
+                                   ? tokenizer_.encode_for_model(text)
+                                   : tokenizer_.encode_for_model("Instruct: " + options.instruction + "\nQuery:" + text);
+    const auto max_tokens = static_cast<size_t>(config_.max_position_embeddings);
+    if (ids.size() > max_tokens) {
+      if (!options.truncate) {
+        throw Error("input has " + std::to_string(ids.size()) + " tokens, more than the model's maximum of " +
+                    std::to_string(max_tokens) + " (truncate it, or pass --truncate)");
+      }
+      // Keep the closing <|endoftext|>: the model pools the last token.
+      const int32_t last = ids.back();
+      ids.resize(max_tokens);
+      ids.back() = last;
+    }
+    check_ids(ids);
+    return ids;
+  }
+
+  std::vector<std::vector<float>> embed_tokens(const std::vector<std::vector<int32_t>>& sequences,
+                                               int dimensions) override {
+    check_dimensions(dimensions, config_.hidden_size);
+    for (const auto& seq : sequences) {
+      if (seq.empty()) throw Error("cannot embed an empty token sequence");
+      if (seq.size() > static_cast<size_t>(config_.max_position_embeddings)) {
+        throw Error("a sequence of " + std::to_string(seq.size()) + " tokens exceeds the model's maximum of " +
+                    std::to_string(config_.max_position_embeddings));
+      }
+      check_ids(seq);
+    }
+    std::vector<std::vector<float>> out(sequences.size());
+    size_t begin = 0;
+    while (begin < sequences.size()) {
+      // Greedy packing in input order; a sequence longer than the budget runs alone.
+      std::vector<const std::vector<int32_t>*> group{&sequences[begin]};
+      int64_t tokens = static_cast<int64_t>(sequences[begin].size());
+      size_t end = begin + 1;
+      while (end < sequences.size() &&
+             tokens + static_cast<int64_t>(sequences[end].size()) <= options_.max_batch_tokens) {
+        tokens += static_cast<int64_t>(sequences[end].size());
+        group.push_back(&sequences[end++]);
+      }
+      const std::vector<float> pooled = model_.forward(PackedBatch::pack(group));
+      for (size_t i = 0; i < group.size(); ++i) {
+        out[begin + i] = finish_embedding(pooled.data() + i * config_.hidden_size, config_.hidden_size, dimensions);
+      }
+      begin = end;
+    }
+    return out;
+  }
+
+  std::vector<std::vector<float>> embed_texts(const std::vector<std::string>& texts,
+                                              const EmbedOptions& options) override {
+    check_dimensions(options.dimensions, config_.hidden_size);
+    std::vector<std::vector<int32_t>> sequences;
+    sequences.reserve(texts.size());
+    for (const auto& text : texts) sequences.push_back(tokenize(text, options));
+    return embed_tokens(sequences, options.dimensions);
+  }
+
+ private:
+  // The 4B/8B checkpoints have 151665 embedding rows while the tokenizer knows ids up to 151668.
+  void check_ids(const std::vector<int32_t>& ids) const {
+    for (int32_t id : ids) {
+      if (id < 0 || id >= config_.vocab_size) {
+        throw Error("token id " + std::to_string(id) + " is outside the model's vocabulary of " +
+                    std::to_string(config_.vocab_size) + " entries");
+      }
+    }
+  }
+
+  EngineOptions options_;
+  std::filesystem::path dir_;
+  ModelConfig config_;
+  Tokenizer tokenizer_;
+  WeightStore weights_;
+  std::unique_ptr<Backend> backend_;
+  Qwen3Model model_;
+};
+
+}  // namespace
+
+std::unique_ptr<Engine> Engine::open(const EngineOptions& options) {
+  return std::make_unique<LoadedEngine>(options);
+}
+
+}  // namespace ember

@@ -1,1 +1,57 @@
-int main() { return 0; }
+// ember: embeddings from Qwen3-Embedding models. Each subcommand lives in its own cmd_*.cpp.
+#include <cstdio>
+#include <exception>
+
+#include "commands.h"
+#include "ember/error.h"
+
+namespace ember::cli {
+
+void EngineFlags::add_to(CLI::App& app, bool model_required) {
+  auto* m = app.add_option("--model,-m", model, "Model folder, or a hub id found in the Hugging Face cache");
+  if (model_required) m->required();
+  app.add_option("--device", device, "cpu or cuda")->capture_default_str();
+  app.add_option("--precision", precision, "exact (fp32 activations) or fast (bf16 activations)");
+  app.add_option("--threads", threads, "CPU threads (0: all cores)")->capture_default_str();
+  app.add_option("--max-batch-tokens", max_batch_tokens, "Tokens packed into one forward pass")->capture_default_str();
+}
+
+EngineOptions EngineFlags::options() const {
+  EngineOptions o;
+  o.model = model;
+  o.device = parse_device(device);
+  o.precision = precision.empty() ? (o.device == Device::Cpu ? Precision::Exact : Precision::Fast)
+                                  : parse_precision(precision);
+  o.threads = threads;
+  o.max_batch_tokens = max_batch_tokens;
+  return o;
+}
+
+std::string default_tokenizer_dir() {
+  if (const char* env = std::getenv("EMBER_TOKENIZER_DIR"); env != nullptr && *env != '\0') return env;
+  return EMBER_DEFAULT_TOKENIZER_DIR;
+}
+
+}  // namespace ember::cli
+
+int main(int argc, char** argv) {
+  CLI::App app{"ember: text embeddings with Qwen3-Embedding models"};
+  app.require_subcommand(1);
+  ember::cli::add_embed_command(app);
+  ember::cli::add_tokenize_command(app);
+  ember::cli::add_info_command(app);
+  ember::cli::add_make_model_command(app);
+  ember::cli::add_bench_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const ember::Error& e) {
+    std::fprintf(stderr, "ember: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ember: internal error: %s\n", e.what());
+    return 70;
+  }
+  return 0;
+}

@@ -1,0 +1,216 @@
+// End-to-end tests of the `ember` executable: real processes, real files, a generated tiny model.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+#include "ember/engine.h"
+#include "model/make_model.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out, err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void write_file(const fs::path& p, const std::string& data) {
+  std::ofstream out(p, std::ios::binary);
+  out << data;
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    root_ = fs::temp_directory_path() / ("ember_cli_test_" + std::to_string(::getpid()));
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+    ember::MakeModelOptions options;
+    options.tokenizer_dir = EMBER_TOKENIZER_DIR;
+    ember::make_model(ember::preset_config("tiny"), options, root_ / "tiny");
+    // The 4B/8B checkpoints have fewer embedding rows (151665) than the tokenizer has ids.
+    ember::ModelConfig small_vocab = ember::preset_config("tiny");
+    small_vocab.vocab_size = 151665;
+    small_vocab.num_hidden_layers = 1;
+    ember::make_model(small_vocab, options, root_ / "small_vocab");
+  }
+  static void TearDownTestSuite() { fs::remove_all(root_); }
+
+  static Result run(const std::string& args, const std::string& stdin_text = "") {
+    const fs::path in = root_ / "stdin.txt", out = root_ / "stdout.txt", err = root_ / "stderr.txt";
+    write_file(in, stdin_text);
+    const std::string cmd = std::string(EMBER_BINARY) + " " + args + " <" + in.string() + " >" + out.string() +
+                            " 2>" + err.string();
+    const int status = std::system(cmd.c_str());
+    Result r;
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    r.out = slurp(out);
+    r.err = slurp(err);
+    return r;
+  }
+
+  static std::vector<nlohmann::json> lines(const std::string& text) {
+    std::vector<nlohmann::json> v;
+    std::istringstream s(text);
+    for (std::string line; std::getline(s, line);) v.push_back(nlohmann::json::parse(line));
+    return v;
+  }
+
+  static std::string model() { return (root_ / "tiny").string(); }
+  static inline fs::path root_;
+};
+
+double norm(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x * x;
+  return std::sqrt(s);
+}
+
+TEST_F(CliTest, EmbedTextFileGivesOneNormalisedLinePerTextInOrder) {
+  write_file(root_ / "in.txt", "first text\r\n\nthird: 東京 🚀\n");
+  const Result r = run("embed --model " + model() + " --input " + (root_ / "in.txt").string());
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto out = lines(r.out);
+  ASSERT_EQ(out.size(), 3u);  // the empty line is a text (just <|endoftext|>), the final newline is not
+  for (size_t i = 0; i < out.size(); ++i) {
+    EXPECT_EQ(out[i]["index"], i);
+    EXPECT_TRUE(out[i]["id"].is_null());
+    const auto e = out[i]["embedding"].get<std::vector<double>>();
+    EXPECT_EQ(e.size(), 64u);
+    EXPECT_NEAR(norm(e), 1.0, 1e-5);
+  }
+  EXPECT_NE(out[0]["embedding"], out[2]["embedding"]);
+}
+
+TEST_F(CliTest, EmbedMatchesTheLibraryAndHonoursIdsDimensionsAndInstruction) {
+  write_file(root_ / "in.jsonl", "{\"text\": \"hello world\", \"id\": \"doc-1\"}\n\n{\"text\": \"second\", \"id\": 7}\n");
+  const fs::path out_path = root_ / "out.jsonl";
+  Result r = run("embed --model " + model() + " --input " + (root_ / "in.jsonl").string() + " --output " +
+                 out_path.string() + " --dimensions 32 --instruction 'Find the answer'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto out = lines(slurp(out_path));
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(out[0]["id"], "doc-1");
+  EXPECT_EQ(out[1]["id"], 7);
+
+  ember::EngineOptions options;
+  options.model = model();
+  auto engine = ember::Engine::open(options);
+  ember::EmbedOptions embed;
+  embed.dimensions = 32;
+  embed.instruction = "Find the answer";
+  const auto expected = engine->embed_texts({"hello world", "second"}, embed);
+  for (size_t i = 0; i < 2; ++i) {
+    const auto got = out[i]["embedding"].get<std::vector<float>>();
+    ASSERT_EQ(got.size(), 32u);
+    for (size_t j = 0; j < 32; ++j) EXPECT_EQ(got[j], expected[i][j]) << "text " << i << " value " << j;
+  }
+}
+
+TEST_F(CliTest, TokenizePrintsModelInputIdsWithEndOfText) {
+  const Result r = run("tokenize --model " + model(), "Hello world\n\n<|im_start|>\n");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto out = lines(r.out);
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[0], nlohmann::json({9707, 1879, 151643}));
+  EXPECT_EQ(out[1], nlohmann::json({151643}));
+  EXPECT_EQ(out[2], nlohmann::json({151644, 151643}));
+}
+
+TEST_F(CliTest, InfoDescribesTheModel) {
+  const Result r = run("info --model " + model());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("hidden size      64"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("BF16"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("parameters"), std::string::npos) << r.out;
+}
+
+TEST_F(CliTest, MissingOrIncompleteModelFolderIsAClearError) {
+  Result r = run("embed --model " + (root_ / "nope").string(), "x\n");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("nope"), std::string::npos) << r.err;
+
+  fs::create_directories(root_ / "incomplete");
+  fs::copy_file(root_ / "tiny" / "config.json", root_ / "incomplete" / "config.json");
+  fs::copy_file(root_ / "tiny" / "tokenizer.json", root_ / "incomplete" / "tokenizer.json");
+  r = run("embed --model " + (root_ / "incomplete").string(), "x\n");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("safetensors"), std::string::npos) << r.err;
+}
+
+TEST_F(CliTest, BadInputNamesTheLineAndLeavesNoOutputFile) {
+  const fs::path out_path = root_ / "never.jsonl";
+  write_file(root_ / "bad_utf8.txt", "fine\nalso fine\nbroken \xff\xfe here\n");
+  Result r = run("embed --model " + model() + " --input " + (root_ / "bad_utf8.txt").string() + " --output " +
+                 out_path.string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("line 3"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out_path));
+
+  write_file(root_ / "bad.jsonl", "{\"text\": \"ok\"}\n{\"text\": 12}\n");
+  r = run("embed --model " + model() + " --input " + (root_ / "bad.jsonl").string() + " --output " + out_path.string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("line 2"), std::string::npos) << r.err;
+  write_file(root_ / "bad2.jsonl", "{\"text\": \"ok\"}\n{\"text\": \"unterminated}\n");
+  r = run("embed --model " + model() + " --input " + (root_ / "bad2.jsonl").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("line 2"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out_path));
+  for (const auto& entry : fs::directory_iterator(root_)) {
+    EXPECT_EQ(entry.path().filename().string().find(".never.jsonl.tmp"), std::string::npos);
+  }
+}
+
+TEST_F(CliTest, OverLongInputFailsUnlessTruncated) {
+  // Generated with a small maximum so the test stays fast.
+  ember::ModelConfig short_context = ember::preset_config("tiny");
+  short_context.max_position_embeddings = 64;
+  ember::MakeModelOptions options;
+  options.tokenizer_dir = EMBER_TOKENIZER_DIR;
+  const fs::path dir = root_ / "short_context";
+  if (!fs::exists(dir)) ember::make_model(short_context, options, dir);
+  std::string text;
+  for (int i = 0; i < 100; ++i) text += "word ";
+  Result r = run("embed --model " + dir.string(), text + "\n");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("line 1"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--truncate"), std::string::npos) << r.err;
+  r = run("embed --truncate --model " + dir.string(), text + "\n");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(lines(r.out).size(), 1u);
+}
+
+TEST_F(CliTest, TokenIdOutsideTheModelVocabularyIsAnError) {
+  // <think> is id 151667: known to the tokenizer, beyond a 151665-row embedding table.
+  const Result r = run("embed --model " + (root_ / "small_vocab").string(), "why <think> fails\n");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("151667"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("151665"), std::string::npos) << r.err;
+}
+
+TEST_F(CliTest, DimensionsOutOfRangeAndUnknownPresetAreErrors) {
+  Result r = run("embed --model " + model() + " --dimensions 16", "x\n");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("dimensions"), std::string::npos) << r.err;
+  r = run("make-model --preset huge --out " + (root_ / "huge").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("qwen3-embedding-0.6b"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(root_ / "huge"));
+}
+
+}  // namespace
