@@ -25,7 +25,10 @@ constexpr size_t kChunkTexts = 512;
 void append_line(std::string& out, size_t index, const nlohmann::json& id, const std::vector<float>& embedding) {
   auto it = std::back_inserter(out);
   fmt::format_to(it, "{{\"index\": {}, \"id\": {}, \"embedding\": [", index, id.dump());
-  for (size_t i = 0; i < embedding.size(); ++i) fmt::format_to(it, i ? ", {}" : "{}", embedding[i]);
+  for (size_t i = 0; i < embedding.size(); ++i) {
+    if (i) out += ", ";
+    fmt::format_to(it, "{}", embedding[i]);
+  }
   out += "]}\n";
 }
 
