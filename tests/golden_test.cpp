@@ -128,8 +128,8 @@ void check_precision(Precision precision, double min_cosine) {
         worst_text = t;
       }
     }
-    std::printf("%s %s: worst cosine %.9f (text %zu)\n", precision == Precision::Exact ? "exact" : "fast",
-                name.c_str(), worst, worst_text);
+    std::printf("%s %s: worst cosine %.12f, 1 - cos = %.1e (text %zu)\n",
+                precision == Precision::Exact ? "exact" : "fast", name.c_str(), worst, 1.0 - worst, worst_text);
     ::testing::Test::RecordProperty(name + (precision == Precision::Exact ? ".exact" : ".fast"),
                                     std::to_string(worst));
   }
