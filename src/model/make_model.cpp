@@ -339,6 +339,7 @@ float generated_weight(const std::string& name, uint64_t index, uint64_t seed, i
 
 void make_model(const ModelConfig& config, const MakeModelOptions& options, const std::filesystem::path& out_arg) {
   namespace fs = std::filesystem;
+  // Every option is checked before anything touches the disk.
   check_config(config);
   torch_dtype_name(options.dtype);
   split_shards(generated_tensors(config), options.dtype, options.shards);
