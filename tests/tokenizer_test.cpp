@@ -203,6 +203,15 @@ TEST_F(TokenizerTest, HandlesNulAndVeryLongInputs) {
   }
 }
 
+// Qwen's \s*[\r\n]+ backtracks once per character of a whitespace run; PCRE2's default match
+// limit (10 million) must not turn a long run into an error.
+TEST_F(TokenizerTest, LongWhitespaceRunsDoNotHitRegexLimits) {
+  const std::string text = std::string(10'500'000, ' ') + "x";
+  size_t bytes = 0;
+  for (int32_t id : tok().encode(text)) bytes += tok::byte_level_to_bytes(tok().token_text(id)).value().size();
+  EXPECT_EQ(bytes, text.size());
+}
+
 // The pre-tokenizer regex from the file, checked for Oniguruma's Unicode semantics.
 TEST_F(TokenizerTest, SplitRegexHasOnigurumaWhitespace) {
   const std::string pattern = (*spec_)["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"];

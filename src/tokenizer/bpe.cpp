@@ -2,8 +2,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <bit>
-#include <queue>
+#include <functional>
 
 #include "ember/error.h"
 #include "tokenizer/byte_level.h"
@@ -108,6 +109,11 @@ Bpe Bpe::from_json(const nlohmann::json& model) {
     }
     bpe.add_merge(lookup(a, rank), lookup(b, rank), static_cast<uint32_t>(rank), lookup(a + b, rank));
   }
+  bpe.byte_merges_.resize(256 * 256);
+  for (size_t pair = 0; pair < bpe.byte_merges_.size(); ++pair) {
+    ByteMerge& m = bpe.byte_merges_[pair];
+    m.rank = bpe.find_merge(bpe.byte_ids_[pair >> 8], bpe.byte_ids_[pair & 255], m.merged);
+  }
   return bpe;
 }
 
@@ -147,7 +153,8 @@ void Bpe::merge_short(std::string_view word, std::vector<int32_t>& out) const {
   int32_t merged[kShortWord];
   size_t n = word.size();
   for (size_t i = 0; i < n; ++i) ids[i] = byte_ids_[static_cast<unsigned char>(word[i])];
-  for (size_t i = 0; i + 1 < n; ++i) ranks[i] = find_merge(ids[i], ids[i + 1], merged[i]);
+  const auto* bytes = reinterpret_cast<const unsigned char*>(word.data());
+  for (size_t i = 0; i + 1 < n; ++i) ranks[i] = find_byte_merge(bytes[i], bytes[i + 1], merged[i]);
   while (n > 1) {
     size_t best = 0;
     for (size_t i = 1; i + 1 < n; ++i) {
@@ -168,48 +175,54 @@ void Bpe::merge_short(std::string_view word, std::vector<int32_t>& out) const {
 }
 
 // HF's Word::merge_all: a priority queue of candidate merges ordered by (rank, position);
-// entries made stale by earlier merges are recognised and dropped when popped.
+// entries made stale by earlier merges are recognised and dropped when popped. A candidate is
+// one integer, rank << 32 | position, which keeps the heap small and its comparisons cheap.
 void Bpe::merge_long(std::string_view word, std::vector<int32_t>& out) const {
   struct Symbol {
     int32_t id;
     int32_t prev, next;  // neighbours in the linked list, -1 at the ends
-    bool alive;
   };
-  struct Candidate {
-    uint32_t rank;
-    int32_t pos;
-    int32_t merged;
-    bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
-  };
+  thread_local std::vector<Symbol> sym;
+  thread_local std::vector<uint64_t> heap;
   const auto n = static_cast<int32_t>(word.size());
-  std::vector<Symbol> sym(static_cast<size_t>(n));
-  for (int32_t i = 0; i < n; ++i) {
-    sym[static_cast<size_t>(i)] = {byte_ids_[static_cast<unsigned char>(word[static_cast<size_t>(i)])], i - 1,
-                                   i + 1 < n ? i + 1 : -1, true};
+  const auto* bytes = reinterpret_cast<const unsigned char*>(word.data());
+  sym.resize(static_cast<size_t>(n));
+  heap.clear();
+  const auto candidate = [](uint32_t rank, int32_t pos) { return uint64_t{rank} << 32 | static_cast<uint32_t>(pos); };
+  for (int32_t i = 0; i < n; ++i) sym[static_cast<size_t>(i)] = {byte_ids_[bytes[i]], i - 1, i + 1 < n ? i + 1 : -1};
+  for (int32_t i = 0; i + 1 < n; ++i) {
+    int32_t merged;
+    const uint32_t rank = find_byte_merge(bytes[i], bytes[i + 1], merged);
+    if (rank != kNoMerge) heap.push_back(candidate(rank, i));
   }
-  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> queue;
+  std::make_heap(heap.begin(), heap.end(), std::greater<>());
   const auto push = [&](int32_t pos) {
     const Symbol& s = sym[static_cast<size_t>(pos)];
     if (s.next < 0) return;
     int32_t merged;
     const uint32_t rank = find_merge(s.id, sym[static_cast<size_t>(s.next)].id, merged);
-    if (rank != kNoMerge) queue.push({rank, pos, merged});
+    if (rank == kNoMerge) return;
+    heap.push_back(candidate(rank, pos));
+    std::push_heap(heap.begin(), heap.end(), std::greater<>());
   };
-  for (int32_t i = 0; i + 1 < n; ++i) push(i);
-  while (!queue.empty()) {
-    const Candidate c = queue.top();
-    queue.pop();
-    Symbol& left = sym[static_cast<size_t>(c.pos)];
-    if (!left.alive || left.next < 0) continue;
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), std::greater<>());
+    const uint64_t c = heap.back();
+    heap.pop_back();
+    const auto pos = static_cast<int32_t>(c & 0xFFFFFFFFu);
+    Symbol& left = sym[static_cast<size_t>(pos)];
+    // A merged-away symbol has id -1; a stale candidate's pair no longer has its rank (each rank
+    // names one pair).
+    if (left.id < 0 || left.next < 0) continue;
     Symbol& right = sym[static_cast<size_t>(left.next)];
     int32_t merged = -1;
-    if (find_merge(left.id, right.id, merged) != c.rank || merged != c.merged) continue;
-    left.id = c.merged;
-    right.alive = false;
+    if (find_merge(left.id, right.id, merged) != static_cast<uint32_t>(c >> 32)) continue;
+    left.id = merged;
+    right.id = -1;
     left.next = right.next;
-    if (right.next >= 0) sym[static_cast<size_t>(right.next)].prev = c.pos;
+    if (right.next >= 0) sym[static_cast<size_t>(right.next)].prev = pos;
     if (left.prev >= 0) push(left.prev);
-    push(c.pos);
+    push(pos);
   }
   for (int32_t i = 0; i >= 0; i = sym[static_cast<size_t>(i)].next) out.push_back(sym[static_cast<size_t>(i)].id);
 }

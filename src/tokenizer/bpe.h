@@ -51,11 +51,22 @@ class Bpe {
       if (s.key == kEmpty) return kNoMerge;
     }
   }
+  // find_merge for two single-byte symbols, from a 256x256 table: every word starts as bytes.
+  uint32_t find_byte_merge(unsigned char a, unsigned char b, int32_t& merged) const {
+    const ByteMerge& m = byte_merges_[size_t{a} << 8 | b];
+    merged = m.merged;
+    return m.rank;
+  }
   void add_merge(int32_t a, int32_t b, uint32_t rank, int32_t merged);
   void merge_short(std::string_view word, std::vector<int32_t>& out) const;
   void merge_long(std::string_view word, std::vector<int32_t>& out) const;
 
+  struct ByteMerge {
+    uint32_t rank = kNoMerge;
+    int32_t merged = 0;
+  };
   std::array<int32_t, 256> byte_ids_{};
+  std::vector<ByteMerge> byte_merges_;
   std::vector<MergeSlot> merges_;
   size_t merge_mask_ = 0;
   int merge_shift_ = 64;

@@ -22,6 +22,9 @@ RegexScratch::RegexScratch()
       jit_stack_(pcre2_jit_stack_create(kJitStackStart, kJitStackMax, nullptr)) {
   if (!match_data_ || !context_ || !jit_stack_) throw Error("out of memory creating PCRE2 match state");
   pcre2_jit_stack_assign(context_, nullptr, jit_stack_);
+  // The default limit (10 million backtracks) is reached by ordinary input: Qwen's \s*[\r\n]+
+  // backtracks once per character of a long whitespace run.
+  pcre2_set_match_limit(context_, UINT32_MAX);
 }
 
 RegexScratch::~RegexScratch() {
