@@ -90,16 +90,18 @@ class TokenizerTest : public ::testing::Test {
     return out;
   }
 
-  // Writes a copy of tokenizer.json changed by `edit` and loads it.
+  // Writes a copy of tokenizer.json changed by `edit` (and `config` as tokenizer_config.json
+  // unless null) and loads it.
   template <class Edit>
-  Tokenizer variant(Edit&& edit) {
+  Tokenizer variant(Edit&& edit, const nlohmann::json& config = nullptr) {
     nlohmann::json j = *spec_;
     edit(j);
     const fs::path dir = fs::temp_directory_path() /
                          fmt::format("ember_tokenizer_test_{}_{}", ::getpid(), variant_count_++);
     fs::create_directories(dir);
     std::ofstream(dir / "tokenizer.json") << j.dump();
-    Tokenizer t = Tokenizer::from_files(dir / "tokenizer.json", {});
+    if (!config.is_null()) std::ofstream(dir / "tokenizer_config.json") << config.dump();
+    Tokenizer t = Tokenizer::from_dir(dir);
     fs::remove_all(dir);
     return t;
   }
@@ -412,6 +414,20 @@ TEST_F(TokenizerTest, AddedTokenFlags) {
   EXPECT_EQ(t.encode("x </think> y"), tok().encode("x </think> y"));
   const Ids glued = t.encode("x</think>");
   EXPECT_EQ(std::count(glued.begin(), glued.end(), 151668), 0);
+}
+
+// transformers also registers tokens listed only in tokenizer_config.json's added_tokens_decoder.
+TEST_F(TokenizerTest, ConfigAddsMissingAddedTokens) {
+  const nlohmann::json config = {
+      {"added_tokens_decoder",
+       {{"151669", {{"content", "<extra>"}, {"special", true}, {"lstrip", false}, {"rstrip", false}, {"normalized", false}}},
+        {"151643", {{"content", "<|endoftext|>"}, {"special", true}}}}}};
+  Tokenizer t = variant([](nlohmann::json&) {}, config);
+  EXPECT_EQ(t.id_count(), 151670);
+  EXPECT_EQ(t.token_text(151669), "<extra>");
+  EXPECT_EQ(t.encode("a<extra>b"), (Ids{tok().encode("a")[0], 151669, tok().encode("b")[0]}));
+  EXPECT_EQ(t.encode("<|endoftext|>"), Ids{kEndOfText});
+  EXPECT_THROW(variant([](nlohmann::json&) {}, "not an object"), Error);
 }
 
 TEST_F(TokenizerTest, RejectsUnsupportedFiles) {

@@ -130,6 +130,8 @@ Tokenizer Tokenizer::from_files(const std::filesystem::path& tokenizer_json,
   const nlohmann::json spec = read_json(tokenizer_json);
   const nlohmann::json config =
       tokenizer_config_json.empty() ? nlohmann::json::object() : read_json(tokenizer_config_json);
+  if (!config.is_object()) throw Error(tokenizer_config_json.string() + " does not hold a JSON object");
+  if (!spec.is_object()) throw Error(tokenizer_json.string() + " does not hold a JSON object");
   auto impl = std::make_unique<Impl>();
   try {
     impl->normalizer = tok::Normalizer::from_json(spec.value("normalizer", nlohmann::json()));
@@ -143,7 +145,8 @@ Tokenizer Tokenizer::from_files(const std::filesystem::path& tokenizer_json,
     for (const auto& j : spec.value("added_tokens", nlohmann::json::array())) {
       added.push_back(parse_added_token(j, j.at("id").get<int32_t>()));
     }
-    for (const auto& [id_text, j] : config.value("added_tokens_decoder", nlohmann::json::object()).items()) {
+    const nlohmann::json decoder = config.value("added_tokens_decoder", nlohmann::json::object());
+    for (const auto& [id_text, j] : decoder.items()) {
       const int32_t id = std::stoi(id_text);
       bool known = false;
       for (const auto& t : added) known = known || t.id == id;
