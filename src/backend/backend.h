@@ -4,6 +4,7 @@
 // fused kernels. Shapes are given with the token dimension first; T is the number of tokens in
 // the packed batch, S the number of sequences in it.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -66,6 +67,11 @@ class Backend {
   virtual void gather_last_tokens(const Tensor& x, Tensor& out) = 0;
   // Copies a tensor to host memory as fp32.
   virtual std::vector<float> to_host_f32(const Tensor& t) = 0;
+
+  // Runs `ops`: the whole forward pass of the current batch, using only buffers that stay the
+  // same from one batch of this size to the next. A backend may record it once per batch shape
+  // and replay the recording (the CUDA backend does, with CUDA graphs, for small batches).
+  virtual void run_forward(const std::function<void()>& ops) { ops(); }
 };
 
 std::unique_ptr<Backend> make_cpu_backend(Precision precision, int threads);

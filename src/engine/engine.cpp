@@ -33,6 +33,11 @@ std::unique_ptr<Backend> make_backend(const EngineOptions& options) {
   throw Error("unknown device");
 }
 
+int64_t checked_batch_tokens(int64_t tokens) {
+  if (tokens < 1) throw Error("--max-batch-tokens must be at least 1, got " + std::to_string(tokens));
+  return tokens;
+}
+
 class LoadedEngine final : public Engine {
  public:
   explicit LoadedEngine(const EngineOptions& options)
@@ -42,9 +47,7 @@ class LoadedEngine final : public Engine {
         tokenizer_(Tokenizer::from_dir(dir_)),
         weights_(WeightStore::open(dir_)),
         backend_(make_backend(options)),
-        model_(config_, weights_, *backend_) {
-    if (options.max_batch_tokens < 1) throw Error("max batch tokens must be at least 1");
-  }
+        model_(config_, weights_, *backend_, checked_batch_tokens(options.max_batch_tokens)) {}
 
   const ModelConfig& config() const override { return config_; }
   const Tokenizer& tokenizer() const override { return tokenizer_; }

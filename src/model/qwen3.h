@@ -11,11 +11,13 @@ namespace ember {
 // Backend op interface, ending in the final RMSNorm of each sequence's last token.
 class Qwen3Model {
  public:
-  // Checks every tensor's shape against the config and hands it to the backend.
-  Qwen3Model(const ModelConfig& config, const WeightStore& weights, Backend& backend);
+  // Checks every tensor's shape against the config and hands it to the backend. Activation
+  // buffers are allocated once for `max_batch_tokens` tokens.
+  Qwen3Model(const ModelConfig& config, const WeightStore& weights, Backend& backend, int64_t max_batch_tokens);
 
   // Returns [S, hidden] row-major fp32: the final-normed hidden state of each sequence's last
-  // token (not yet L2-normalised).
+  // token (not yet L2-normalised). A batch may exceed max_batch_tokens only when it is a single
+  // long sequence; then its whole-sequence buffers are allocated for that call alone.
   std::vector<float> forward(const PackedBatch& batch);
 
   const ModelConfig& config() const { return config_; }
@@ -25,20 +27,26 @@ class Qwen3Model {
     Tensor input_norm, q_proj, k_proj, v_proj, o_proj, q_norm, k_norm;
     Tensor post_attention_norm, gate_proj, up_proj, down_proj;
   };
-  // Activation buffers, grown to the largest batch seen and reused.
-  struct Activations {
-    int64_t capacity = 0;
-    Tensor residual, normed, q, k, v, attn, attn_out, gate, up, mlp_act, mlp_out;
+  // Buffers holding a value for every token of the batch.
+  struct TokenBuffers {
+    Tensor residual, normed, q, k, v, attn, attn_out, mlp_out;
   };
-  void ensure_capacity(int64_t tokens);
-  static Tensor rows(const Tensor& t, int64_t n);  // view of the first n rows
+  // The MLP's intermediate buffers (3 x intermediate_size per token, the largest activations) are
+  // only as tall as max_batch_tokens; longer inputs run the MLP in row chunks.
+  struct MlpBuffers {
+    Tensor gate, up, act;
+  };
+  TokenBuffers allocate_token_buffers(int64_t tokens);
+  void run_layers(const PackedBatch& batch, const TokenBuffers& buffers);
 
   ModelConfig config_;
   Backend& backend_;
+  int64_t max_batch_tokens_;
   Tensor embed_tokens_;
   std::vector<Layer> layers_;
   Tensor final_norm_;
-  Activations act_;
+  TokenBuffers tokens_;
+  MlpBuffers mlp_;
 };
 
 }  // namespace ember
