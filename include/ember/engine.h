@@ -42,6 +42,8 @@ class Engine {
   virtual const ModelConfig& config() const = 0;
   virtual const Tokenizer& tokenizer() const = 0;
   virtual const std::filesystem::path& model_dir() const = 0;
+  // Accelerator memory held by the engine (weights + workspaces); 0 on the CPU.
+  virtual int64_t device_memory_bytes() const = 0;
 
   // The model-input ids of a text (instruction applied), checked against the model's limits.
   virtual std::vector<int32_t> tokenize(const std::string& text, const EmbedOptions& options) const = 0;

@@ -72,6 +72,9 @@ class Backend {
   // same from one batch of this size to the next. A backend may record it once per batch shape
   // and replay the recording (the CUDA backend does, with CUDA graphs, for small batches).
   virtual void run_forward(const std::function<void()>& ops) { ops(); }
+
+  // Bytes of accelerator memory this backend holds (weights, activations, workspaces); 0 on the CPU.
+  virtual int64_t device_memory_bytes() const { return 0; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend(Precision precision, int threads);

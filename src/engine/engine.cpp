@@ -52,6 +52,7 @@ class LoadedEngine final : public Engine {
   const ModelConfig& config() const override { return config_; }
   const Tokenizer& tokenizer() const override { return tokenizer_; }
   const std::filesystem::path& model_dir() const override { return dir_; }
+  int64_t device_memory_bytes() const override { return backend_->device_memory_bytes(); }
 
   std::vector<int32_t> tokenize(const std::string& text, const EmbedOptions& options) const override {
     std::vector<int32_t> ids = options.instruction.empty()
