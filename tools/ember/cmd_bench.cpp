@@ -1,19 +1,24 @@
-// `ember bench`: throughput and latency of the engine on synthetic inputs, printed as a table.
-// Numbers only; nothing here asserts.
+// `ember bench`: throughput, latency, start-up time and memory of the engine on synthetic inputs,
+// printed as a table (and optionally written as JSON for bench/compare.py). Numbers only.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <memory>
-#include <random>
+#include <nlohmann/json.hpp>
 
 #include "backend/cpu/gemm_peak.h"
+#include "bench_workloads.h"
 #include "cold_start.h"
 #include "commands.h"
 #include "ember/error.h"
 #include "model/make_model.h"
+#ifdef EMBER_HAVE_CUDA
+#include "backend/cuda/gemm_peak.h"
+#endif
 
 namespace ember::cli {
 
@@ -21,10 +26,8 @@ namespace {
 
 struct BenchFlags {
   EngineFlags engine;
-  std::string preset, precisions = "both";
-  int long_texts = 4;       // 512-token texts per run
-  int mixed_tokens = 4096;  // tokens in the mixed 20-500 corpus
-  int queries = 30;         // single 16-token query repetitions
+  std::string preset, precisions, json_out;
+  bool quick = false;
 };
 
 using Clock = std::chrono::steady_clock;
@@ -52,124 +55,157 @@ std::string preset_model_dir(const std::string& preset) {
   return dir.string();
 }
 
-// Forward-pass FLOPs of one sequence of n tokens: 2 per weight per token in the projections,
-// plus QK^T and PV over the causal triangle.
-double sequence_flops(const ModelConfig& c, int64_t n) {
-  const double q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
-  const double per_layer_weights = c.hidden_size * (2 * q + 2 * kv) + 3.0 * c.hidden_size * c.intermediate_size;
-  const double linear = 2.0 * per_layer_weights * n;
-  const double attention = 2.0 * 2.0 * q * (static_cast<double>(n) * (n + 1) / 2);
-  return c.num_hidden_layers * (linear + attention);
-}
-
-std::vector<int32_t> random_sequence(std::mt19937& rng, int64_t n, int32_t eos) {
-  // Ordinary vocabulary ids (below the special tokens), closed by <|endoftext|> as real inputs are.
-  std::uniform_int_distribution<int32_t> id(0, 151642);
-  std::vector<int32_t> seq(static_cast<size_t>(n));
-  for (auto& t : seq) t = id(rng);
-  seq.back() = eos;
-  return seq;
-}
-
-struct Throughput {
-  double seconds = 0, tokens = 0, flops = 0;
-};
-
-Throughput time_embedding(Engine& engine, const std::vector<std::vector<int32_t>>& sequences) {
-  Throughput r;
-  for (const auto& s : sequences) {
-    r.tokens += static_cast<double>(s.size());
-    r.flops += sequence_flops(engine.config(), static_cast<int64_t>(s.size()));
-  }
-  const auto start = Clock::now();
-  engine.embed_tokens(sequences);
-  r.seconds = since(start);
-  return r;
-}
-
 double percentile(std::vector<double> v, double p) {
   std::sort(v.begin(), v.end());
   const size_t i = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5));
   return v[i];
 }
 
-void bench_precision(const BenchFlags& flags, const std::string& model_dir, Precision precision) {
+// Runs the workloads of one precision and prints/records them. `peak_flops` is the GEMM
+// library's best rate measured in this run, the yardstick for the model's achieved rate.
+class PrecisionBench {
+ public:
+  // The CPU's rates read best in GFLOP/s, a GPU's in TFLOP/s.
+  PrecisionBench(Engine& engine, double peak_flops, bool tera, nlohmann::json& out)
+      : engine_(engine), peak_(peak_flops), unit_(tera ? 1e12 : 1e9), out_(out) {
+    fmt::print("  {:<36} {:>11} {:>10} {:>10} {:>9}\n", "workload", "tokens/s", "ms", tera ? "TFLOP/s" : "GFLOP/s",
+               "% peak");
+  }
+
+  void throughput(const std::string& name, const std::string& label, const std::vector<Sequence>& seqs) {
+    double tokens = 0, flops = 0;
+    for (const auto& s : seqs) {
+      tokens += static_cast<double>(s.size());
+      flops += sequence_flops(engine_.config(), static_cast<int64_t>(s.size()));
+    }
+    engine_.embed_tokens({seqs.front()});  // warm: first-use setup of this shape
+    const auto start = Clock::now();
+    engine_.embed_tokens(seqs);
+    const double seconds = since(start);
+    const double rate = flops / seconds;
+    fmt::print("  {:<36} {:>11.0f} {:>10.1f} {:>10.1f} {:>8.1f}%\n", label, tokens / seconds, seconds * 1e3, rate / unit_,
+               100 * rate / peak_);
+    out_[name] = {{"tokens", tokens}, {"seconds", seconds}, {"tokens_per_s", tokens / seconds},
+                  {"tflops", rate / 1e12}, {"percent_of_peak", 100 * rate / peak_}};
+  }
+
+  void latency(const std::string& name, const std::string& label, const Sequence& query, int reps) {
+    engine_.embed_tokens({query});
+    std::vector<double> ms;
+    for (int i = 0; i < reps; ++i) {
+      const auto start = Clock::now();
+      engine_.embed_tokens({query});
+      ms.push_back(since(start) * 1e3);
+    }
+    const double p50 = percentile(ms, 0.5), p99 = percentile(ms, 0.99);
+    fmt::print("  {:<36} p50 {:.2f} ms, p99 {:.2f} ms ({} runs)\n", label, p50, p99, reps);
+    out_[name] = {{"p50_ms", p50}, {"p99_ms", p99}, {"runs", reps}};
+  }
+
+ private:
+  Engine& engine_;
+  double peak_, unit_;
+  nlohmann::json& out_;
+};
+
+std::vector<Sequence> texts_of_length(int64_t count, int64_t length) {
+  std::vector<Sequence> seqs;
+  for (int64_t i = 0; i < count; ++i) seqs.push_back(synthetic_tokens(length, i));
+  return seqs;
+}
+
+std::vector<Sequence> mixed_corpus(int64_t count, int64_t low, int64_t high) {
+  std::vector<Sequence> seqs;
+  int64_t salt = 0;
+  for (int64_t n : mixed_lengths(count, low, high)) seqs.push_back(synthetic_tokens(n, salt++));
+  return seqs;
+}
+
+double gemm_peak_flops(const EngineOptions& options) {
+  if (options.device == Device::Cpu) return measure_gemm_peak_gflops(options.precision, options.threads) * 1e9;
+#ifdef EMBER_HAVE_CUDA
+  return measure_cublas_peak_tflops(0) * 1e12;
+#else
+  throw Error("this ember was built without CUDA");
+#endif
+}
+
+void bench_precision(const BenchFlags& flags, const std::string& model_dir, Precision precision, nlohmann::json& out) {
   const std::string name = precision == Precision::Exact ? "exact" : "fast";
   EngineOptions options = flags.engine.options();
   options.model = model_dir;
   options.precision = precision;
+  const bool cuda = options.device == Device::Cuda;
 
   const double cold = seconds_to_first_output_line(
       {"embed", "--model", model_dir, "--device", flags.engine.device, "--precision", name, "--threads",
-       std::to_string(flags.engine.threads)},
+       std::to_string(flags.engine.threads), "--max-batch-tokens", std::to_string(options.max_batch_tokens)},
       "What is the capital of China?\n");
-
   auto start = Clock::now();
   auto engine = Engine::open(options);
   const double load = since(start);
-  const int32_t eos = engine->tokenizer().eos_id();
-  std::mt19937 rng(1234);
+  const double peak = gemm_peak_flops(options);
 
-  const auto query = random_sequence(rng, 16, eos);
-  engine->embed_tokens({query});  // first call pays one-time setup (kernels, buffers)
-
-  std::vector<std::vector<int32_t>> long_texts;
-  for (int i = 0; i < flags.long_texts; ++i) long_texts.push_back(random_sequence(rng, 512, eos));
-  const Throughput at512 = time_embedding(*engine, long_texts);
-
-  std::vector<std::vector<int32_t>> mixed;
-  std::uniform_int_distribution<int64_t> length(20, 500);
-  for (int64_t total = 0; total < flags.mixed_tokens;) {
-    mixed.push_back(random_sequence(rng, length(rng), eos));
-    total += static_cast<int64_t>(mixed.back().size());
+  nlohmann::json& result = out[name];
+  fmt::print("\nprecision {}, device {}, threads {}, max batch tokens {}\n", name, flags.engine.device,
+             flags.engine.threads, options.max_batch_tokens);
+  PrecisionBench bench(*engine, peak, cuda, result["workloads"]);
+  const int scale = flags.quick ? 4 : 1;
+  if (cuda) {
+    bench.throughput("batch512", "512-token texts x" + std::to_string(256 / scale), texts_of_length(256 / scale, 512));
+    bench.throughput("mixed", "mixed 20-1000 tokens x" + std::to_string(1024 / scale), mixed_corpus(1024 / scale, 20, 1000));
+    bench.throughput("queries32x256", "32-token queries x" + std::to_string(2048 / scale),
+                     texts_of_length(2048 / scale, 32));
+    bench.latency("query16", "one 16-token query", synthetic_query(16), 50);
+    bench.throughput("long", "one 32,768-token text", {synthetic_tokens(32768, 1)});
+  } else {
+    bench.throughput("batch512", "512-token texts x" + std::to_string(8 / scale), texts_of_length(8 / scale, 512));
+    bench.throughput("mixed", "mixed 20-500 tokens x" + std::to_string(16 / scale), mixed_corpus(16 / scale, 20, 500));
+    bench.latency("query16", "one 16-token query", synthetic_query(16), 30 / scale);
   }
-  const Throughput mix = time_embedding(*engine, mixed);
-
-  std::vector<double> latencies;
-  for (int i = 0; i < flags.queries; ++i) {
-    start = Clock::now();
-    engine->embed_tokens({query});
-    latencies.push_back(since(start) * 1e3);
-  }
-  const double peak = measure_gemm_peak_gflops(precision, flags.engine.threads);
-
-  fmt::print("\nprecision {} ({} threads, device {})\n", name, flags.engine.threads, flags.engine.device);
-  fmt::print("  {:<34} {:>12} {:>12} {:>10}\n", "workload", "tokens/s", "GFLOP/s", "% of GEMM");
-  for (const auto& [label, r] : {std::pair{"512-token texts x" + std::to_string(long_texts.size()), at512},
-                                 std::pair{"mixed 20-500 tokens (" + std::to_string(mixed.size()) + " texts)", mix}}) {
-    const double gflops = r.flops / r.seconds / 1e9;
-    fmt::print("  {:<34} {:>12.1f} {:>12.1f} {:>9.1f}%\n", label, r.tokens / r.seconds, gflops, 100 * gflops / peak);
-  }
-  fmt::print("  {:<34} p50 {:.1f} ms, p99 {:.1f} ms\n", "one 16-token query", percentile(latencies, 0.5),
-             percentile(latencies, 0.99));
-  fmt::print("  {:<34} {:.3f} s (in-process load {:.3f} s)\n", "exec to first embedding", cold, load);
-  fmt::print("  {:<34} {:.1f} GFLOP/s (oneDNN, same run)\n", "GEMM library peak", peak);
+  const int64_t memory = engine->device_memory_bytes();
+  fmt::print("  {:<36} {:.3f} s (loading in-process: {:.3f} s)\n", "exec to first embedding", cold, load);
+  fmt::print("  {:<36} {:.1f} {} ({}, measured in this run)\n", "GEMM library peak", peak / (cuda ? 1e12 : 1e9),
+             cuda ? "TFLOP/s" : "GFLOP/s",
+             cuda ? "cuBLASLt bf16" : (precision == Precision::Fast ? "oneDNN bf16" : "oneDNN f32"));
+  if (cuda) fmt::print("  {:<36} {:.2f} GB\n", "device memory held", static_cast<double>(memory) / 1e9);
+  result["exec_to_first_embedding_s"] = cold;
+  result["load_s"] = load;
+  result["gemm_peak_tflops"] = peak / 1e12;
+  result["device_memory_bytes"] = memory;
 }
 
 void run_bench(const BenchFlags& flags) {
   if (flags.engine.model.empty() == flags.preset.empty()) throw Error("give exactly one of --model or --preset");
   const std::string model_dir = flags.preset.empty() ? flags.engine.model : preset_model_dir(flags.preset);
+  const bool cuda = parse_device(flags.engine.device) == Device::Cuda;
   std::vector<Precision> precisions;
-  if (flags.precisions == "both") {
+  const std::string which = flags.precisions.empty() ? (cuda ? "fast" : "both") : flags.precisions;
+  if (which == "both") {
     precisions = {Precision::Fast, Precision::Exact};
   } else {
-    precisions = {parse_precision(flags.precisions)};
+    precisions = {parse_precision(which)};
   }
   fmt::print("model {}\n", model_dir);
-  for (Precision p : precisions) bench_precision(flags, model_dir, p);
+  nlohmann::json out = {{"model", model_dir}, {"device", flags.engine.device}, {"threads", flags.engine.threads}};
+  for (Precision p : precisions) bench_precision(flags, model_dir, p, out["precisions"]);
+  if (!flags.json_out.empty()) {
+    std::ofstream file(flags.json_out);
+    file << out.dump(1) << "\n";
+    if (!file) throw Error("cannot write " + flags.json_out);
+  }
 }
 
 }  // namespace
 
 void add_bench_command(CLI::App& app) {
   auto flags = std::make_shared<BenchFlags>();
-  CLI::App* cmd = app.add_subcommand("bench", "Measure throughput, latency and start-up time");
+  CLI::App* cmd = app.add_subcommand("bench", "Measure throughput, latency, start-up time and memory");
   flags->engine.add_to(*cmd, false);
   cmd->add_option("--preset", flags->preset, "Benchmark a generated model of this shape (cached between runs)");
-  cmd->add_option("--precisions", flags->precisions, "fast, exact or both")->capture_default_str();
-  cmd->add_option("--long-texts", flags->long_texts, "Number of 512-token texts")->capture_default_str();
-  cmd->add_option("--mixed-tokens", flags->mixed_tokens, "Tokens in the mixed 20-500 corpus")->capture_default_str();
-  cmd->add_option("--queries", flags->queries, "Repetitions of the 16-token query")->capture_default_str();
+  cmd->add_option("--precisions", flags->precisions, "fast, exact or both (default: both on the CPU, fast on CUDA)");
+  cmd->add_option("--json", flags->json_out, "Also write the results to this JSON file");
+  cmd->add_flag("--quick", flags->quick, "A quarter of the work per workload");
   cmd->callback([flags] { run_bench(*flags); });
 }
 

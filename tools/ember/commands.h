@@ -13,7 +13,7 @@ struct EngineFlags {
   std::string device = "cpu";
   std::string precision;  // empty: exact on the CPU
   int threads = 0;
-  int64_t max_batch_tokens = 8192;
+  int64_t max_batch_tokens = 0;  // 0: the device's default (8192 on the CPU, 16384 on CUDA)
 
   void add_to(CLI::App& app, bool model_required = true);
   EngineOptions options() const;
