@@ -1,0 +1,35 @@
+#pragma once
+// Element-wise and row-wise kernels of the CPU backend. Activations are F32 or BF16 (`dt`);
+// every kernel computes in fp32 and rounds its output once to the activation type. Loops are
+// written for the compiler to vectorise and run OpenMP-parallel over rows.
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace ember::cpu {
+
+// out: [rows, n] = rmsnorm(x: [rows, n]) * w: [n]
+void rms_norm(const void* x, void* out, DType dt, const float* w, float eps, int64_t rows, int64_t n);
+
+// residual: [rows, n] += x: [rows, n] (rounded to dt), then out = rmsnorm(residual) * w
+void add_rms_norm(void* residual, const void* x, void* out, DType dt, const float* w, float eps, int64_t rows,
+                  int64_t n);
+
+// cos, sin: [tokens, d / 2] for rotate-half RoPE, computed in fp32 as HF transformers does.
+void rope_table(const int32_t* positions, int64_t tokens, int64_t d, float theta, float* cos, float* sin);
+
+// x: [tokens, heads, d], in place: per-head RMSNorm with w: [d], then RoPE with cos/sin: [tokens, d / 2]
+void head_norm_rope(void* x, DType dt, int64_t tokens, int64_t heads, int64_t d, const float* w, float eps,
+                    const float* cos, const float* sin);
+
+// out: [n] = silu(gate: [n]) * up: [n]
+void swiglu(const void* gate, const void* up, void* out, DType dt, int64_t n);
+
+// out: [count, n] (out_dt) = table: [.., n] (table_dt, any of F32/F16/BF16) at rows idx: [count]
+void gather_rows(const void* table, DType table_dt, int64_t n, const int32_t* idx, int64_t count, void* out,
+                 DType out_dt);
+
+// dst: [n] = src: [n], between any two of F32/F16/BF16, vectorised and parallel (weight loading).
+void convert_parallel(const void* src, DType src_dt, void* dst, DType dst_dt, int64_t n);
+
+}  // namespace ember::cpu
