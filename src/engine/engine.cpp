@@ -8,6 +8,9 @@
 #include "model/pooling.h"
 #include "model/qwen3.h"
 #include "model/weights.h"
+#ifdef EMBER_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 namespace ember {
 
@@ -28,7 +31,12 @@ namespace {
 std::unique_ptr<Backend> make_backend(const EngineOptions& options) {
   switch (options.device) {
     case Device::Cpu: return make_cpu_backend(options.precision, options.threads);
-    case Device::Cuda: throw Error("the CUDA backend is not part of this build yet; use --device cpu");
+    case Device::Cuda:
+#ifdef EMBER_HAVE_CUDA
+      return make_cuda_backend(options.precision, 0);
+#else
+      throw Error("this ember was built without CUDA");
+#endif
   }
   throw Error("unknown device");
 }

@@ -1,0 +1,21 @@
+#pragma once
+#include <cstdint>
+#include <memory>
+
+#include "backend/backend.h"
+
+namespace ember {
+
+struct CudaBackendOptions {
+  bool use_graphs = true;            // record run_forward() as CUDA graphs and replay them
+  int64_t max_graph_tokens = 4096;   // larger batches run eagerly
+  size_t graph_cache_entries = 64;   // recorded batch shapes kept (least recently used dropped)
+};
+
+// The CUDA backend: bf16 activations and weights on device `device_index` (norm vectors fp32),
+// cuBLASLt GEMMs with fp32 accumulation, fused kernels for the rest. Fast precision only:
+// Precision::Exact throws ember::Error.
+std::unique_ptr<Backend> make_cuda_backend(Precision precision, int device_index,
+                                           const CudaBackendOptions& options = {});
+
+}  // namespace ember

@@ -1,0 +1,153 @@
+// Row gathers, SwiGLU and dtype conversion: memory-bound kernels with 128-bit accesses where the
+// operands allow.
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <string>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/vector_io.cuh"
+
+namespace ember::cuda {
+namespace {
+
+// One block per output row: out[r] = src[index(r)].
+template <int V>
+__global__ void gather_rows_kernel(const bf16* __restrict__ src, const int32_t* __restrict__ ids,
+                                   const int32_t* __restrict__ seq_offsets, bf16* __restrict__ out, int n) {
+  const int64_t r = blockIdx.x;
+  const int64_t from = ids != nullptr ? ids[r] : seq_offsets[r + 1] - 1;
+  const bf16* s = src + from * n;
+  bf16* o = out + r * n;
+  for (int i = threadIdx.x * V; i < n; i += blockDim.x * V) {
+    if constexpr (V == 8) {
+      *reinterpret_cast<uint4*>(o + i) = *reinterpret_cast<const uint4*>(s + i);
+    } else {
+      o[i] = s[i];
+    }
+  }
+}
+
+__device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+template <int V>
+__global__ void swiglu_kernel(const bf16* __restrict__ gate, const bf16* __restrict__ up, bf16* __restrict__ out,
+                              int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * V;
+  for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * V; i < n; i += stride) {
+    float g[V], u[V];
+    load_bf16<V>(gate + i, g);
+    load_bf16<V>(up + i, u);
+#pragma unroll
+    for (int j = 0; j < V; ++j) g[j] = silu_mul(g[j], u[j]);
+    store_bf16<V>(out + i, g);
+  }
+}
+
+template <class T>
+__device__ __forceinline__ float to_float(T v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else if constexpr (std::is_same_v<T, __half>) {
+    return __half2float(v);
+  } else {
+    return __bfloat162float(v);
+  }
+}
+
+template <class S, class D>
+__global__ void convert_kernel(const S* __restrict__ src, D* __restrict__ dst, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const float f = to_float(src[i]);
+    if constexpr (std::is_same_v<D, float>) {
+      dst[i] = f;
+    } else {
+      dst[i] = __float2bfloat16_rn(f);
+    }
+  }
+}
+
+__global__ void fill_random_kernel(bf16* x, int64_t n, uint32_t seed) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    uint32_t h = static_cast<uint32_t>(i) * 0x9e3779b9u ^ seed;
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    x[i] = __float2bfloat16_rn(static_cast<float>(h >> 8) * (2.0f / 16777216.0f) - 1.0f);
+  }
+}
+
+int elementwise_blocks(int64_t work, int threads) {
+  return static_cast<int>(std::clamp<int64_t>((work + threads - 1) / threads, 1, 132 * 16));
+}
+
+int row_threads(int64_t n, int v) {
+  return static_cast<int>(std::clamp<int64_t>((n / v + 31) / 32 * 32, 32, 512));
+}
+
+void gather_rows(const bf16* src, const int32_t* ids, const int32_t* seq_offsets, bf16* out, int64_t rows, int64_t n,
+                 cudaStream_t stream, const char* what) {
+  if (rows == 0) return;
+  if (n % 8 == 0 && aligned16(src) && aligned16(out)) {
+    gather_rows_kernel<8><<<rows, row_threads(n, 8), 0, stream>>>(src, ids, seq_offsets, out, static_cast<int>(n));
+  } else {
+    gather_rows_kernel<1><<<rows, row_threads(n, 1), 0, stream>>>(src, ids, seq_offsets, out, static_cast<int>(n));
+  }
+  check(cudaGetLastError(), what);
+}
+
+template <class S>
+void convert_from(const S* src, void* dst, DType dst_dtype, int64_t n, cudaStream_t stream) {
+  const int threads = 256, blocks = elementwise_blocks(n, threads);
+  if (dst_dtype == DType::F32) {
+    convert_kernel<<<blocks, threads, 0, stream>>>(src, static_cast<float*>(dst), n);
+  } else if (dst_dtype == DType::BF16) {
+    convert_kernel<<<blocks, threads, 0, stream>>>(src, static_cast<bf16*>(dst), n);
+  } else {
+    throw Error(std::string("CUDA backend: cannot convert to ") + dtype_name(dst_dtype));
+  }
+}
+
+}  // namespace
+
+void embed_gather(const bf16* table, const int32_t* ids, bf16* out, int64_t rows, int64_t n, cudaStream_t stream) {
+  gather_rows(table, ids, nullptr, out, rows, n, stream, "launching embed_gather");
+}
+
+void gather_last_tokens(const bf16* x, const int32_t* seq_offsets, bf16* out, int64_t seqs, int64_t n,
+                        cudaStream_t stream) {
+  gather_rows(x, nullptr, seq_offsets, out, seqs, n, stream, "launching gather_last_tokens");
+}
+
+void swiglu(const bf16* gate, const bf16* up, bf16* out, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  const int threads = 256;
+  if (n % 8 == 0 && aligned16(gate) && aligned16(up) && aligned16(out)) {
+    swiglu_kernel<8><<<elementwise_blocks(n / 8, threads), threads, 0, stream>>>(gate, up, out, n);
+  } else {
+    swiglu_kernel<1><<<elementwise_blocks(n, threads), threads, 0, stream>>>(gate, up, out, n);
+  }
+  check(cudaGetLastError(), "launching swiglu");
+}
+
+void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  switch (src_dtype) {
+    case DType::F32: convert_from(static_cast<const float*>(src), dst, dst_dtype, n, stream); break;
+    case DType::F16: convert_from(static_cast<const __half*>(src), dst, dst_dtype, n, stream); break;
+    case DType::BF16: convert_from(static_cast<const bf16*>(src), dst, dst_dtype, n, stream); break;
+    default: throw Error(std::string("CUDA backend: cannot convert from ") + dtype_name(src_dtype));
+  }
+  check(cudaGetLastError(), "launching convert");
+}
+
+void fill_random(bf16* x, int64_t n, uint32_t seed, cudaStream_t stream) {
+  const int threads = 256;
+  fill_random_kernel<<<elementwise_blocks(n, threads), threads, 0, stream>>>(x, n, seed);
+  check(cudaGetLastError(), "launching fill_random");
+}
+
+}  // namespace ember::cuda

@@ -1,0 +1,52 @@
+#pragma once
+// Launchers of the CUDA backend's own kernels (the GEMMs are cuBLASLt's, attention is in
+// attention.cu). Every kernel computes in fp32 and rounds its output once to bf16, like the CPU
+// backend in fast precision. All launches go to `stream` and are safe to record in a CUDA graph.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace ember::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// Largest head_dim qk_norm_rope supports; RoPE inverse frequencies travel as a kernel argument.
+constexpr int kMaxHeadDim = 512;
+
+// inv_freq[i] = 1 / theta^(2i / head_dim) in fp32, computed on the host exactly as the CPU backend.
+struct RopeFreqs {
+  float inv_freq[kMaxHeadDim / 2];
+};
+
+// out: [rows, n] = table: [vocab, n] at rows ids: [rows]
+void embed_gather(const bf16* table, const int32_t* ids, bf16* out, int64_t rows, int64_t n, cudaStream_t stream);
+
+// out: [rows, n] = rmsnorm(x: [rows, n]) * w: [n]
+void rms_norm(const bf16* x, const float* w, bf16* out, int64_t rows, int64_t n, float eps, cudaStream_t stream);
+
+// residual: [rows, n] += x: [rows, n] (rounded to bf16); out: [rows, n] = rmsnorm(residual) * w: [n]
+void add_rms_norm(bf16* residual, const bf16* x, const float* w, bf16* out, int64_t rows, int64_t n, float eps,
+                  cudaStream_t stream);
+
+// q: [tokens, hq, d], k: [tokens, hkv, d], in place: per-head RMSNorm with q_norm / k_norm: [d],
+// then rotate-half RoPE at positions: [tokens]. d is even and at most kMaxHeadDim.
+void qk_norm_rope(bf16* q, bf16* k, const float* q_norm, const float* k_norm, const int32_t* positions,
+                  int64_t tokens, int hq, int hkv, int d, float eps, const RopeFreqs& freqs, cudaStream_t stream);
+
+// out: [n] = silu(gate: [n]) * up: [n]
+void swiglu(const bf16* gate, const bf16* up, bf16* out, int64_t n, cudaStream_t stream);
+
+// out: [seqs, n] = x: [tokens, n] at rows seq_offsets[s + 1] - 1, seq_offsets: [seqs + 1]
+void gather_last_tokens(const bf16* x, const int32_t* seq_offsets, bf16* out, int64_t seqs, int64_t n,
+                        cudaStream_t stream);
+
+// dst: [n] (F32 or BF16) = src: [n] (F32, F16 or BF16)
+void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n, cudaStream_t stream);
+
+// x: [n] = deterministic pseudo-random values in [-1, 1) (benchmark operands)
+void fill_random(bf16* x, int64_t n, uint32_t seed, cudaStream_t stream);
+
+}  // namespace ember::cuda

@@ -1,0 +1,159 @@
+// RMSNorm, residual add + RMSNorm, and per-head RMSNorm + RoPE. One block per token row; rows are
+// read twice (sum of squares, then scale), the second read coming from L1/L2.
+#include <algorithm>
+
+#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/vector_io.cuh"
+
+namespace ember::cuda {
+namespace {
+
+template <int V>
+__global__ void rms_norm_kernel(const bf16* __restrict__ x, const float* __restrict__ w, bf16* __restrict__ out,
+                                int n, float eps) {
+  const int64_t row = blockIdx.x;
+  x += row * n;
+  out += row * n;
+  float ss = 0.0f;
+  for (int i = threadIdx.x * V; i < n; i += blockDim.x * V) {
+    float f[V];
+    load_bf16<V>(x + i, f);
+#pragma unroll
+    for (int j = 0; j < V; ++j) ss += f[j] * f[j];
+  }
+  const float inv = 1.0f / sqrtf(block_sum(ss) / static_cast<float>(n) + eps);
+  for (int i = threadIdx.x * V; i < n; i += blockDim.x * V) {
+    float f[V], g[V];
+    load_bf16<V>(x + i, f);
+    load_f32<V>(w + i, g);
+#pragma unroll
+    for (int j = 0; j < V; ++j) f[j] = f[j] * inv * g[j];
+    store_bf16<V>(out + i, f);
+  }
+}
+
+// The norm reads the residual as stored (rounded to bf16), as the next layer will. Each thread
+// re-reads only the elements it wrote, so no barrier is needed between the passes.
+template <int V>
+__global__ void add_rms_norm_kernel(bf16* residual, const bf16* x, const float* __restrict__ w, bf16* out, int n,
+                                    float eps) {
+  const int64_t row = blockIdx.x;
+  residual += row * n;
+  x += row * n;
+  out += row * n;
+  float ss = 0.0f;
+  for (int i = threadIdx.x * V; i < n; i += blockDim.x * V) {
+    float r[V], a[V];
+    load_bf16<V>(residual + i, r);
+    load_bf16<V>(x + i, a);
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      r[j] = round_bf16(r[j] + a[j]);
+      ss += r[j] * r[j];
+    }
+    store_bf16<V>(residual + i, r);
+  }
+  const float inv = 1.0f / sqrtf(block_sum(ss) / static_cast<float>(n) + eps);
+  for (int i = threadIdx.x * V; i < n; i += blockDim.x * V) {
+    float r[V], g[V];
+    load_bf16<V>(residual + i, r);
+    load_f32<V>(w + i, g);
+#pragma unroll
+    for (int j = 0; j < V; ++j) r[j] = r[j] * inv * g[j];
+    store_bf16<V>(out + i, r);
+  }
+}
+
+// One block per token: cos/sin of the token's position go to shared memory once, then each warp
+// normalises and rotates whole heads (q heads first, then k heads). Lane l holds the rotate-half
+// pairs (j, j + d/2) for j = l, l + 32, ...: P pairs at most.
+template <int P>
+__global__ void qk_norm_rope_kernel(bf16* q, bf16* k, const float* __restrict__ q_norm,
+                                    const float* __restrict__ k_norm, const int32_t* __restrict__ positions, int hq,
+                                    int hkv, int d, float eps, const __grid_constant__ RopeFreqs freqs) {
+  extern __shared__ float trig[];  // cos: [d / 2], then sin: [d / 2]
+  const int half = d / 2;
+  const int64_t t = blockIdx.x;
+  const float pos = static_cast<float>(positions[t]);
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    const float angle = pos * freqs.inv_freq[i];
+    trig[i] = cosf(angle);
+    trig[half + i] = sinf(angle);
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  for (int h = threadIdx.x >> 5; h < hq + hkv; h += blockDim.x >> 5) {
+    bf16* row = h < hq ? q + (t * hq + h) * d : k + (t * hkv + (h - hq)) * d;
+    const float* w = h < hq ? q_norm : k_norm;
+    float a[P], b[P];
+    float ss = 0.0f;
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const int j = lane + 32 * p;
+      a[p] = j < half ? __bfloat162float(row[j]) : 0.0f;
+      b[p] = j < half ? __bfloat162float(row[j + half]) : 0.0f;
+      ss += a[p] * a[p] + b[p] * b[p];
+    }
+    const float inv = 1.0f / sqrtf(warp_sum(ss) / static_cast<float>(d) + eps);
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const int j = lane + 32 * p;
+      if (j < half) {
+        const float x1 = a[p] * inv * w[j], x2 = b[p] * inv * w[j + half];
+        const float c = trig[j], s = trig[half + j];
+        row[j] = __float2bfloat16_rn(x1 * c - x2 * s);
+        row[j + half] = __float2bfloat16_rn(x2 * c + x1 * s);
+      }
+    }
+  }
+}
+
+// Threads per row block: enough for one pass over the row, in whole warps.
+int row_threads(int64_t n, int v) {
+  const int64_t needed = (n / v + 31) / 32 * 32;
+  return static_cast<int>(std::clamp<int64_t>(needed, 32, 1024));
+}
+
+}  // namespace
+
+void rms_norm(const bf16* x, const float* w, bf16* out, int64_t rows, int64_t n, float eps, cudaStream_t stream) {
+  if (rows == 0) return;
+  if (n % 8 == 0 && aligned16(x) && aligned16(w) && aligned16(out)) {
+    rms_norm_kernel<8><<<rows, row_threads(n, 8), 0, stream>>>(x, w, out, static_cast<int>(n), eps);
+  } else {
+    rms_norm_kernel<1><<<rows, row_threads(n, 1), 0, stream>>>(x, w, out, static_cast<int>(n), eps);
+  }
+  check(cudaGetLastError(), "launching rms_norm");
+}
+
+void add_rms_norm(bf16* residual, const bf16* x, const float* w, bf16* out, int64_t rows, int64_t n, float eps,
+                  cudaStream_t stream) {
+  if (rows == 0) return;
+  if (n % 8 == 0 && aligned16(residual) && aligned16(x) && aligned16(w) && aligned16(out)) {
+    add_rms_norm_kernel<8><<<rows, row_threads(n, 8), 0, stream>>>(residual, x, w, out, static_cast<int>(n), eps);
+  } else {
+    add_rms_norm_kernel<1><<<rows, row_threads(n, 1), 0, stream>>>(residual, x, w, out, static_cast<int>(n), eps);
+  }
+  check(cudaGetLastError(), "launching add_rms_norm");
+}
+
+void qk_norm_rope(bf16* q, bf16* k, const float* q_norm, const float* k_norm, const int32_t* positions,
+                  int64_t tokens, int hq, int hkv, int d, float eps, const RopeFreqs& freqs, cudaStream_t stream) {
+  if (tokens == 0) return;
+  const int threads = 32 * std::min(8, hq + hkv);
+  const size_t smem = static_cast<size_t>(d) * sizeof(float);
+  const int half = d / 2;
+  if (half <= 32) {
+    qk_norm_rope_kernel<1><<<tokens, threads, smem, stream>>>(q, k, q_norm, k_norm, positions, hq, hkv, d, eps, freqs);
+  } else if (half <= 64) {
+    qk_norm_rope_kernel<2><<<tokens, threads, smem, stream>>>(q, k, q_norm, k_norm, positions, hq, hkv, d, eps, freqs);
+  } else if (half <= 128) {
+    qk_norm_rope_kernel<4><<<tokens, threads, smem, stream>>>(q, k, q_norm, k_norm, positions, hq, hkv, d, eps, freqs);
+  } else {
+    qk_norm_rope_kernel<8><<<tokens, threads, smem, stream>>>(q, k, q_norm, k_norm, positions, hq, hkv, d, eps, freqs);
+  }
+  check(cudaGetLastError(), "launching qk_norm_rope");
+}
+
+}  // namespace ember::cuda

@@ -1,0 +1,304 @@
+// Parity of every CUDA backend op with the CPU backend in fast precision (bf16 activations, fp32
+// math), on identical bf16 inputs, over odd shapes: single tokens, ragged sequences, sizes that
+// are no multiple of any tile, GQA ratios 1/2/4, head_dim 16..128 and weights stored F32/F16/BF16.
+// Skips when the machine has no CUDA device.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/gemm_peak.h"
+#include "core/dtype.h"
+#include "ember/error.h"
+
+namespace ember {
+namespace {
+
+using Values = std::vector<float>;
+
+// Empty when the CUDA backend can run here, else why not.
+std::string cuda_unavailable() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return "no CUDA device";
+  }
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  if (prop.major != 9 || prop.minor != 0) return std::string("the CUDA backend needs sm_90, device 0 is ") + prop.name;
+  return "";
+}
+
+#define REQUIRE_CUDA()                                          \
+  do {                                                          \
+    const std::string why = cuda_unavailable();                 \
+    if (!why.empty()) GTEST_SKIP() << why << ": skipping";      \
+  } while (0)
+
+Values random_values(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  Values v(n);
+  for (float& x : v) x = dist(gen);
+  return v;
+}
+
+// A host tensor (as a safetensors view would be) holding `v` converted to `dt`.
+Tensor host_tensor(DType dt, std::vector<int64_t> shape, const Values& v) {
+  Tensor t;
+  t.dtype = dt;
+  t.shape = std::move(shape);
+  t.storage = std::shared_ptr<void>(std::malloc(t.nbytes()), &std::free);
+  t.data = t.storage.get();
+  convert(v.data(), DType::F32, t.data, dt, v.size());
+  return t;
+}
+
+// The same values (rounded to bf16 once) in a CPU and a CUDA activation tensor.
+struct Pair {
+  Tensor cpu, gpu;
+};
+
+class CudaParity : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    REQUIRE_CUDA();
+    cpu_ = make_cpu_backend(Precision::Fast, 0);
+    gpu_ = make_cuda_backend(Precision::Fast, 0);
+  }
+
+  Pair activation(std::vector<int64_t> shape, const Values& v) {
+    Pair p{cpu_->allocate(DType::BF16, shape), gpu_->allocate(DType::BF16, shape)};
+    convert(v.data(), DType::F32, p.cpu.data, DType::BF16, v.size());
+    EXPECT_EQ(cudaMemcpy(p.gpu.data, p.cpu.data, p.cpu.nbytes(), cudaMemcpyHostToDevice), cudaSuccess);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    return p;
+  }
+
+  Pair empty(std::vector<int64_t> shape) { return {cpu_->allocate(DType::BF16, shape), gpu_->allocate(DType::BF16, shape)}; }
+
+  Pair weight(DType dt, std::vector<int64_t> shape, const Values& v, WeightKind kind) {
+    const Tensor host = host_tensor(dt, std::move(shape), v);
+    return {cpu_->load_weight(host, kind), gpu_->load_weight(host, kind)};
+  }
+
+  void set_batch(const PackedBatch& b) {
+    cpu_->set_batch(b);
+    gpu_->set_batch(b);
+  }
+
+  // Equal up to one bf16 rounding step: both sides compute in fp32 but may sum in another order.
+  void expect_match(const Pair& p, const std::string& what, double ulps = 1.0) {
+    const Values c = cpu_->to_host_f32(p.cpu), g = gpu_->to_host_f32(p.gpu);
+    ASSERT_EQ(c.size(), g.size()) << what;
+    double max_abs = 0;
+    for (float x : c) max_abs = std::max(max_abs, double{std::fabs(x)});
+    int bad = 0;
+    for (size_t i = 0; i < c.size(); ++i) {
+      const double tol = ulps * 1.01 * std::ldexp(std::max(std::fabs(c[i]), std::fabs(g[i])), -7) + 1e-5 * max_abs;
+      if (!(std::fabs(double{c[i]} - g[i]) <= tol) && ++bad <= 5) {
+        ADD_FAILURE() << what << " element " << i << ": cuda " << g[i] << ", cpu " << c[i];
+      }
+    }
+    EXPECT_EQ(bad, 0) << what << " (" << c.size() << " elements)";
+  }
+
+  void expect_equal(const Pair& p, const std::string& what) {
+    const Values c = cpu_->to_host_f32(p.cpu), g = gpu_->to_host_f32(p.gpu);
+    ASSERT_EQ(c.size(), g.size()) << what;
+    int bad = 0;
+    for (size_t i = 0; i < c.size(); ++i) {
+      if (c[i] != g[i] && ++bad <= 5) ADD_FAILURE() << what << " element " << i << ": cuda " << g[i] << ", cpu " << c[i];
+    }
+    EXPECT_EQ(bad, 0) << what;
+  }
+
+  std::unique_ptr<Backend> cpu_, gpu_;
+};
+
+PackedBatch batch_of_lengths(const std::vector<int>& lengths, int vocab, uint32_t seed = 1) {
+  std::vector<std::vector<int32_t>> seqs;
+  std::mt19937 gen(seed);
+  for (int len : lengths) {
+    std::vector<int32_t> s(static_cast<size_t>(len));
+    for (auto& id : s) id = static_cast<int32_t>(gen() % static_cast<uint32_t>(vocab));
+    seqs.push_back(std::move(s));
+  }
+  std::vector<const std::vector<int32_t>*> ptrs;
+  for (const auto& s : seqs) ptrs.push_back(&s);
+  return PackedBatch::pack(ptrs);
+}
+
+const std::vector<std::vector<int>> kBatches = {{1}, {1, 7, 33}, {5, 128, 2}, {1000}};
+const DType kWeightDtypes[] = {DType::F32, DType::F16, DType::BF16};
+
+std::string name(DType dt) { return dtype_name(dt); }
+
+TEST(CudaBackend, ExactPrecisionIsRefused) {
+  try {
+    make_cuda_backend(Precision::Exact, 0);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "exact precision runs on the CPU; the CUDA backend computes in bf16 (fast)");
+  }
+}
+
+TEST_F(CudaParity, EmbeddingGatherIsExactForEveryTableDtype) {
+  for (const int64_t hidden : {64, 100, 2560}) {
+    for (const DType dt : kWeightDtypes) {
+      const int vocab = 1000;
+      const Pair table = weight(dt, {vocab, hidden}, random_values(size_t(vocab * hidden), 3), WeightKind::EmbeddingTable);
+      for (const auto& lengths : kBatches) {
+        const PackedBatch b = batch_of_lengths(lengths, vocab);
+        set_batch(b);
+        Pair x = empty({b.tokens(), hidden});
+        cpu_->embed_tokens(table.cpu, x.cpu);
+        gpu_->embed_tokens(table.gpu, x.gpu);
+        expect_equal(x, "embed hidden=" + std::to_string(hidden) + " " + name(dt) + " T=" + std::to_string(b.tokens()));
+      }
+    }
+  }
+}
+
+TEST_F(CudaParity, RmsNormAndAddRmsNorm) {
+  for (const int64_t n : {16, 64, 100, 2560}) {
+    for (const int64_t rows : {1, 7, 33, 517}) {
+      for (const DType dt : kWeightDtypes) {
+        const std::string what = "n=" + std::to_string(n) + " rows=" + std::to_string(rows) + " " + name(dt);
+        const Pair w = weight(dt, {n}, random_values(size_t(n), 4, 0.5f, 1.5f), WeightKind::Vector);
+        Pair x = activation({rows, n}, random_values(size_t(rows * n), 5, -3.0f, 3.0f));
+        Pair out = empty({rows, n});
+        cpu_->rms_norm(x.cpu, w.cpu, 1e-6f, out.cpu);
+        gpu_->rms_norm(x.gpu, w.gpu, 1e-6f, out.gpu);
+        expect_match(out, "rms_norm " + what);
+
+        Pair residual = activation({rows, n}, random_values(size_t(rows * n), 6, -3.0f, 3.0f));
+        cpu_->add_rms_norm(residual.cpu, x.cpu, w.cpu, 1e-6f, out.cpu);
+        gpu_->add_rms_norm(residual.gpu, x.gpu, w.gpu, 1e-6f, out.gpu);
+        expect_equal(residual, "add_rms_norm residual " + what);
+        expect_match(out, "add_rms_norm output " + what);
+      }
+    }
+  }
+}
+
+TEST_F(CudaParity, LinearForEveryWeightDtype) {
+  struct Shape {
+    int64_t t, k, n;
+  };
+  for (const Shape s : {Shape{1, 64, 32}, Shape{7, 96, 160}, Shape{33, 36, 33}, Shape{41, 2560, 1024},
+                        Shape{517, 128, 200}, Shape{1000, 64, 48}, Shape{3, 9728, 2560}}) {
+    for (const DType dt : kWeightDtypes) {
+      const std::string what = "linear [" + std::to_string(s.t) + "x" + std::to_string(s.k) + "] x [" +
+                               std::to_string(s.n) + "x" + std::to_string(s.k) + "]^T " + name(dt);
+      const Pair w = weight(dt, {s.n, s.k}, random_values(size_t(s.n * s.k), 7, -0.1f, 0.1f), WeightKind::Matrix);
+      const Pair x = activation({s.t, s.k}, random_values(size_t(s.t * s.k), 8));
+      Pair out = empty({s.t, s.n});
+      cpu_->linear(x.cpu, w.cpu, out.cpu);
+      gpu_->linear(x.gpu, w.gpu, out.gpu);
+      expect_match(out, what);
+    }
+  }
+}
+
+TEST_F(CudaParity, QkNormRopeOverHeadDimsAndGqaRatios) {
+  struct Heads {
+    int hq, hkv;
+  };
+  for (const int d : {16, 32, 64, 128}) {
+    for (const Heads h : {Heads{2, 2}, Heads{4, 2}, Heads{8, 2}}) {
+      for (const auto& lengths : std::vector<std::vector<int>>{{1}, {1, 7, 33}, {3000}}) {
+        for (const float theta : {1e6f, 1e4f}) {
+          const std::string what = "d=" + std::to_string(d) + " hq=" + std::to_string(h.hq) +
+                                   " hkv=" + std::to_string(h.hkv) + " longest=" + std::to_string(lengths.back()) +
+                                   " theta=" + std::to_string(theta);
+          const PackedBatch b = batch_of_lengths(lengths, 100);
+          set_batch(b);
+          const int64_t T = b.tokens();
+          const Pair qn = weight(DType::BF16, {d}, random_values(size_t(d), 9, 0.5f, 1.5f), WeightKind::Vector);
+          const Pair kn = weight(DType::F32, {d}, random_values(size_t(d), 10, 0.5f, 1.5f), WeightKind::Vector);
+          Pair q = activation({T, h.hq, d}, random_values(size_t(T * h.hq * d), 11, -2.0f, 2.0f));
+          Pair k = activation({T, h.hkv, d}, random_values(size_t(T * h.hkv * d), 12, -2.0f, 2.0f));
+          cpu_->qk_norm_rope(q.cpu, k.cpu, qn.cpu, kn.cpu, 1e-6f, theta);
+          gpu_->qk_norm_rope(q.gpu, k.gpu, qn.gpu, kn.gpu, 1e-6f, theta);
+          // Rotation mixes two rounded-differently products: allow two bf16 steps.
+          expect_match(q, "qk_norm_rope q " + what, 2.0);
+          expect_match(k, "qk_norm_rope k " + what, 2.0);
+        }
+      }
+    }
+  }
+}
+
+TEST_F(CudaParity, Swiglu) {
+  for (const int64_t n : {int64_t{1}, int64_t{7}, int64_t{33 * 128}, int64_t{1000 * 96 + 3}}) {
+    const Pair gate = activation({n}, random_values(size_t(n), 13, -8.0f, 8.0f));
+    const Pair up = activation({n}, random_values(size_t(n), 14, -2.0f, 2.0f));
+    Pair out = empty({n});
+    cpu_->swiglu(gate.cpu, up.cpu, out.cpu);
+    gpu_->swiglu(gate.gpu, up.gpu, out.gpu);
+    expect_match(out, "swiglu n=" + std::to_string(n));
+  }
+}
+
+TEST_F(CudaParity, GatherLastTokens) {
+  for (const int64_t n : {64, 100}) {
+    for (const auto& lengths : kBatches) {
+      const PackedBatch b = batch_of_lengths(lengths, 100);
+      set_batch(b);
+      const Pair x = activation({b.tokens(), n}, random_values(size_t(b.tokens() * n), 15));
+      Pair out = empty({b.sequences(), n});
+      cpu_->gather_last_tokens(x.cpu, out.cpu);
+      gpu_->gather_last_tokens(x.gpu, out.gpu);
+      expect_equal(out, "gather_last_tokens n=" + std::to_string(n) + " S=" + std::to_string(b.sequences()));
+    }
+  }
+}
+
+TEST_F(CudaParity, BatchBuffersGrowAndKeepWorking) {
+  const int vocab = 500, hidden = 64;
+  const Pair table = weight(DType::BF16, {vocab, hidden}, random_values(size_t(vocab * hidden), 16), WeightKind::EmbeddingTable);
+  for (const auto& lengths : std::vector<std::vector<int>>{{3}, {2000, 3000}, {5, 1}, {9000}, {2}}) {
+    const PackedBatch b = batch_of_lengths(lengths, vocab, static_cast<uint32_t>(lengths.size() + lengths[0]));
+    set_batch(b);
+    Pair x = empty({b.tokens(), hidden});
+    cpu_->embed_tokens(table.cpu, x.cpu);
+    gpu_->embed_tokens(table.gpu, x.gpu);
+    expect_equal(x, "embed after growth, T=" + std::to_string(b.tokens()));
+  }
+}
+
+TEST_F(CudaParity, TokenIdsOutsideTheVocabularyAreRejected) {
+  const Pair table = weight(DType::BF16, {10, 16}, random_values(160, 17), WeightKind::EmbeddingTable);
+  EXPECT_THROW(gpu_->set_batch(batch_of_lengths({4}, 1000, 3)), Error);
+}
+
+TEST_F(CudaParity, DeviceMemoryCountsWeightsAndBuffers) {
+  const int64_t before = gpu_->device_memory_bytes();
+  EXPECT_GE(before, int64_t{32} << 20) << "the cuBLASLt workspace is device memory";
+  {
+    const Tensor t = gpu_->allocate(DType::BF16, {1024, 1024});
+    EXPECT_EQ(gpu_->device_memory_bytes(), before + (int64_t{2} << 20));
+  }
+  EXPECT_EQ(gpu_->device_memory_bytes(), before);
+  const Pair w = weight(DType::F32, {300, 200}, random_values(60000, 18), WeightKind::Matrix);
+  EXPECT_GT(gpu_->device_memory_bytes(), before + 300 * 200 * 2);
+}
+
+TEST(CudaBackend, CublasPeakIsPlausible) {
+  REQUIRE_CUDA();
+  const double tflops = measure_cublas_peak_tflops(0);
+  std::printf("cuBLASLt bf16 peak over the 4B GEMM shapes: %.1f TFLOP/s\n", tflops);
+  EXPECT_GT(tflops, 50.0);
+  EXPECT_LT(tflops, 2000.0);
+}
+
+}  // namespace
+}  // namespace ember

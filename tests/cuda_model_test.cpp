@@ -1,0 +1,284 @@
+// Whole-model checks of the CUDA backend: the golden variants of tests/data/model_golden.json
+// against Hugging Face transformers and against the CPU backend (fast precision); CUDA-graph
+// replays against eager runs, including same-shape batches with different contents, batches
+// after larger ones (buffer growth) and after long inputs. With EMBER_CUDA_BENCH_MODEL set to a
+// model folder, also prints load time and single-query latency (no timed assertions).
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "backend/backend.h"
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/gemm_peak.h"
+#include "ember/engine.h"
+#include "ember/error.h"
+#include "model/make_model.h"
+#include "model/qwen3.h"
+#include "model/weights.h"
+
+namespace fs = std::filesystem;
+
+namespace ember {
+namespace {
+
+std::string cuda_unavailable() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return "no CUDA device";
+  }
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  if (prop.major != 9 || prop.minor != 0) return std::string("the CUDA backend needs sm_90, device 0 is ") + prop.name;
+  return "";
+}
+
+#define REQUIRE_CUDA()                                     \
+  do {                                                     \
+    const std::string why = cuda_unavailable();            \
+    if (!why.empty()) GTEST_SKIP() << why << ": skipping"; \
+  } while (0)
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / ("ember_cuda_model_" + std::to_string(::getpid()));
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+double cosine(const std::vector<float>& a, const std::vector<float>& b) {
+  double ab = 0, aa = 0, bb = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    ab += double{a[i]} * b[i];
+    aa += double{a[i]} * a[i];
+    bb += double{b[i]} * b[i];
+  }
+  return a.size() == b.size() && aa > 0 && bb > 0 ? ab / std::sqrt(aa * bb) : -2.0;
+}
+
+DType storage_dtype(const std::string& name) {
+  if (name == "bfloat16") return DType::BF16;
+  if (name == "float16") return DType::F16;
+  return DType::F32;
+}
+
+// A golden variant's model folder, written as tests/golden_test.cpp does (which also checks the
+// weight checksum against transformers).
+fs::path write_variant(const nlohmann::json& v, const fs::path& root) {
+  const std::string config_text = v.at("config").dump(2);
+  MakeModelOptions o;
+  o.dtype = storage_dtype(v.at("storage").at("dtype"));
+  o.shards = v.at("storage").at("shards");
+  o.name_prefix = v.at("storage").at("name_prefix");
+  o.seed = v.at("seed");
+  o.tokenizer_dir = EMBER_TOKENIZER_DIR;
+  const fs::path dir = root / v.at("name").get<std::string>();
+  make_model(ModelConfig::from_json_text(config_text, "golden variant"), o, dir);
+  std::ofstream(dir / "config.json", std::ios::trunc) << config_text << "\n";
+  return dir;
+}
+
+std::unique_ptr<Engine> open_engine(const fs::path& dir, Device device, int64_t max_batch_tokens) {
+  EngineOptions eo;
+  eo.model = dir.string();
+  eo.device = device;
+  eo.precision = Precision::Fast;
+  eo.max_batch_tokens = max_batch_tokens;
+  return Engine::open(eo);
+}
+
+TEST(CudaModel, GoldenVariantsMatchTransformersAndTheCpuBackend) {
+  REQUIRE_CUDA();
+  std::ifstream f(fs::path(EMBER_TEST_DATA_DIR) / "model_golden.json");
+  ASSERT_TRUE(f) << "tests/data/model_golden.json is missing";
+  const nlohmann::json golden = nlohmann::json::parse(f);
+  const std::vector<std::string> texts = golden.at("texts");
+  TempDir tmp;
+  for (const auto& v : golden.at("variants")) {
+    const std::string name = v.at("name");
+    SCOPED_TRACE(name);
+    const fs::path dir = write_variant(v, tmp.path);
+    const auto cpu = open_engine(dir, Device::Cpu, 8192)->embed_texts(texts, EmbedOptions{});
+    // 8192: one eager batch of every text; 700: graph-recorded batches, and the 4,992-token text
+    // alone on the long-input path with its MLP in row chunks.
+    for (const int64_t budget : {8192, 700}) {
+      const auto engine = open_engine(dir, Device::Cuda, budget);
+      const auto got = engine->embed_texts(texts, EmbedOptions{});
+      ASSERT_EQ(got.size(), texts.size());
+      double worst_hf = 1.0, worst_cpu = 1.0;
+      for (size_t t = 0; t < texts.size(); ++t) {
+        const double hf = cosine(got[t], v.at("embeddings")[t].get<std::vector<float>>());
+        const double c = cosine(got[t], cpu[t]);
+        EXPECT_GE(hf, 0.999) << "text " << t << " vs transformers, budget " << budget;
+        EXPECT_GE(c, 0.999) << "text " << t << " vs the CPU backend, budget " << budget;
+        worst_hf = std::min(worst_hf, hf);
+        worst_cpu = std::min(worst_cpu, c);
+      }
+      std::printf("cuda %s (budget %lld): worst cosine vs transformers %.6f, vs cpu fast %.6f\n", name.c_str(),
+                  static_cast<long long>(budget), worst_hf, worst_cpu);
+    }
+  }
+}
+
+// A model with head_dim 128 and GQA ratio 4, driven through Qwen3Model directly so the same
+// batches can run on a graph-recording and an eager backend.
+class CudaGraphs : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    REQUIRE_CUDA();
+    config_ = preset_config("tiny");
+    config_.hidden_size = 256;
+    config_.num_hidden_layers = 3;
+    config_.num_attention_heads = 4;
+    config_.num_key_value_heads = 1;
+    config_.head_dim = 128;
+    config_.intermediate_size = 704;
+    config_.vocab_size = 5000;
+    MakeModelOptions o;
+    o.tokenizer_dir = EMBER_TOKENIZER_DIR;
+    o.seed = 3;
+    make_model(config_, o, tmp_.path / "m");
+    weights_ = std::make_unique<WeightStore>(WeightStore::open(tmp_.path / "m"));
+  }
+
+  PackedBatch batch(const std::vector<int>& lengths, uint32_t seed) const {
+    std::mt19937 gen(seed);
+    std::vector<std::vector<int32_t>> seqs;
+    for (int n : lengths) {
+      std::vector<int32_t> s(static_cast<size_t>(n));
+      for (auto& id : s) id = static_cast<int32_t>(gen() % config_.vocab_size);
+      seqs.push_back(std::move(s));
+    }
+    std::vector<const std::vector<int32_t>*> ptrs;
+    for (const auto& s : seqs) ptrs.push_back(&s);
+    return PackedBatch::pack(ptrs);
+  }
+
+  static float max_diff(const std::vector<float>& a, const std::vector<float>& b) {
+    EXPECT_EQ(a.size(), b.size());
+    float d = 0;
+    for (size_t i = 0; i < a.size() && i < b.size(); ++i) d = std::max(d, std::fabs(a[i] - b[i]));
+    return d;
+  }
+
+  // Runs `batches` in order on a graph-recording, an eager CUDA and a CPU fast model; every
+  // result must match (graph == eager up to GEMM reduction order; cuda ~ cpu by cosine). The
+  // graph model runs each batch twice: a shape's first run is eager, later ones are recorded or
+  // replayed.
+  void run_all(const std::vector<PackedBatch>& batches, int64_t max_batch_tokens) {
+    auto graph_backend = make_cuda_backend(Precision::Fast, 0);
+    CudaBackendOptions eager_options;
+    eager_options.use_graphs = false;
+    auto eager_backend = make_cuda_backend(Precision::Fast, 0, eager_options);
+    auto cpu_backend = make_cpu_backend(Precision::Fast, 0);
+    Qwen3Model graph(config_, *weights_, *graph_backend, max_batch_tokens);
+    Qwen3Model eager(config_, *weights_, *eager_backend, max_batch_tokens);
+    Qwen3Model cpu(config_, *weights_, *cpu_backend, max_batch_tokens);
+    const int64_t H = config_.hidden_size;
+    for (size_t i = 0; i < batches.size(); ++i) {
+      const PackedBatch& b = batches[i];
+      SCOPED_TRACE("batch " + std::to_string(i) + ": " + std::to_string(b.sequences()) + " sequences, " +
+                   std::to_string(b.tokens()) + " tokens");
+      const std::vector<float> warm = graph.forward(b), g = graph.forward(b);
+      const std::vector<float> e = eager.forward(b), c = cpu.forward(b);
+      ASSERT_EQ(g.size(), static_cast<size_t>(b.sequences() * H));
+      const float scale = *std::max_element(e.begin(), e.end(), [](float x, float y) { return std::fabs(x) < std::fabs(y); });
+      const float diff = std::max(max_diff(g, e), max_diff(warm, e));
+      EXPECT_LE(diff, 1e-2f * std::fabs(scale)) << "graph replay differs from the eager run";
+      std::printf("batch %zu (T=%lld, S=%lld): max |graph - eager| = %g (scale %g)\n", i,
+                  static_cast<long long>(b.tokens()), static_cast<long long>(b.sequences()), diff, scale);
+      for (int64_t s = 0; s < b.sequences(); ++s) {
+        const std::vector<float> gs(g.begin() + s * H, g.begin() + (s + 1) * H);
+        const std::vector<float> cs(c.begin() + s * H, c.begin() + (s + 1) * H);
+        EXPECT_GE(cosine(gs, cs), 0.999) << "sequence " << s << " vs the CPU backend";
+      }
+    }
+  }
+
+  TempDir tmp_;
+  ModelConfig config_;
+  std::unique_ptr<WeightStore> weights_;
+};
+
+TEST_F(CudaGraphs, ReplaysMatchEagerRunsForSameShapeBatchesWithOtherContents) {
+  // {3, 5} and {5, 3} share (tokens, sequences, longest): the second replays the first's graph
+  // with other ids, positions and offsets.
+  run_all({batch({3, 5}, 1), batch({5, 3}, 2), batch({1}, 3), batch({1, 7, 33}, 4), batch({3, 5}, 1)}, 512);
+}
+
+TEST_F(CudaGraphs, BatchesAfterALargerOne) {
+  // 5000 tokens run eagerly and grow the batch buffers, which drops the recorded graphs.
+  run_all({batch({7}, 5), batch({2000, 3000}, 6), batch({7}, 5), batch({300, 200, 12}, 8)}, 8192);
+}
+
+TEST_F(CudaGraphs, BatchesAroundALongInput) {
+  // 1500 tokens > the 512 budget: the long-input path allocates buffers of its own.
+  run_all({batch({7}, 5), batch({1500}, 7), batch({7}, 5), batch({100, 12}, 8)}, 512);
+}
+
+TEST_F(CudaGraphs, ABatchAtTheGraphLimit) {
+  run_all({batch({4096}, 9), batch({2048, 2047, 1}, 10), batch({4097}, 11)}, 8192);
+}
+
+// Opt-in measurement on a real-size model: EMBER_CUDA_BENCH_MODEL=<model folder>.
+TEST(CudaBench, LoadAndSingleQueryLatency) {
+  REQUIRE_CUDA();
+  const char* dir = std::getenv("EMBER_CUDA_BENCH_MODEL");
+  if (dir == nullptr || *dir == 0) GTEST_SKIP() << "set EMBER_CUDA_BENCH_MODEL to a model folder to run";
+  using Clock = std::chrono::steady_clock;
+  auto seconds = [](Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); };
+  auto t0 = Clock::now();
+  const auto engine = open_engine(dir, Device::Cuda, 8192);
+  const double open_s = seconds(t0);
+  std::vector<int32_t> query(16);
+  for (size_t i = 0; i < query.size(); ++i) query[i] = static_cast<int32_t>(1000 + 37 * i);
+  t0 = Clock::now();
+  engine->embed_tokens({query});
+  const double first_s = seconds(t0);  // eager, and waits for the last weight copies
+  std::vector<int32_t> query17 = query;
+  query17.push_back(42);
+  t0 = Clock::now();
+  engine->embed_tokens({query17});
+  const double eager_s = seconds(t0);  // a new shape runs eagerly
+  t0 = Clock::now();
+  engine->embed_tokens({query});
+  const double record_s = seconds(t0);  // records the graph, then launches it
+  std::vector<double> ms;
+  for (int i = 0; i < 100; ++i) {
+    t0 = Clock::now();
+    engine->embed_tokens({query});
+    ms.push_back(seconds(t0) * 1e3);
+  }
+  std::sort(ms.begin(), ms.end());
+  std::vector<std::vector<int32_t>> batch(64, std::vector<int32_t>(512));
+  for (size_t s = 0; s < batch.size(); ++s) {
+    for (size_t i = 0; i < 512; ++i) batch[s][i] = static_cast<int32_t>((s * 7919 + i * 31) % 150000);
+  }
+  engine->embed_tokens(batch);
+  t0 = Clock::now();
+  engine->embed_tokens(batch);
+  const double batch_s = seconds(t0);
+  std::printf("bench %s\n  open %.3f s, first 16-token query %.1f ms (eager, waits for the weight upload)\n", dir,
+              open_s, first_s * 1e3);
+  std::printf("  17-token query eager %.3f ms; 16-token recording + replay %.3f ms\n", eager_s * 1e3, record_s * 1e3);
+  std::printf("  16-token query: min %.3f ms, p50 %.3f ms, p90 %.3f ms (100 runs)\n", ms.front(), ms[50], ms[90]);
+  std::printf("  64 x 512 tokens: %.1f ms, %.0f tokens/s\n", batch_s * 1e3, 64 * 512 / batch_s);
+  std::printf("  device memory held %.2f GB; cuBLASLt peak %.1f TFLOP/s\n",
+              static_cast<double>(engine->device_memory_bytes()) / 1e9, measure_cublas_peak_tflops(0));
+}
+
+}  // namespace
+}  // namespace ember
