@@ -1,0 +1,35 @@
+#pragma once
+// FlashAttention-style causal grouped-query attention over a packed variable-length batch on
+// NVIDIA GPUs. No padding and no [L, L] score matrix: each block of queries streams its key
+// blocks through shared memory with an online softmax. Two kernels: a Hopper one (sm_90a: TMA
+// loads, wgmma, a producer warp) for head_dim 64 and 128, and an mma.sync one (sm_80 and later)
+// for every supported head_dim. Launch shapes depend only on the arguments, so calls can be
+// recorded into CUDA graphs; nothing is allocated and the host never waits.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace ember::cuda {
+
+// Causal grouped-query attention inside each packed sequence; softmax scale 1/sqrt(head_dim), fp32 softmax/accumulation.
+// q: [T, Hq, D] bf16, k, v: [T, Hkv, D] bf16, out: [T, Hq, D] bf16 (all contiguous, device memory)
+// seq_offsets: [S + 1] int32 device array, seq_offsets[0] = 0, seq_offsets[S] = T
+// max_seq_len: longest sequence in the batch (host value, sizes the grid)
+// Supports head_dim in {16, 32, 64, 128, 256} (throws ember::Error otherwise) and Hq % Hkv == 0.
+void attention_varlen(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* out,
+                      const int32_t* seq_offsets, int num_seqs, int64_t total_tokens, int max_seq_len,
+                      int num_q_heads, int num_kv_heads, int head_dim, cudaStream_t stream);
+
+// Which kernel attention_varlen_with runs; Auto is what attention_varlen does (Wgmma on sm_90
+// devices for head_dim 64/128, Mma otherwise). Tests and benchmarks force one to cover both.
+enum class AttentionKernel { Auto, Mma, Wgmma };
+
+// attention_varlen with an explicit kernel choice; Wgmma throws ember::Error where it can't run
+// (head_dim other than 64/128, or a device that is not sm_90).
+void attention_varlen_with(AttentionKernel kernel, const __nv_bfloat16* q, const __nv_bfloat16* k,
+                           const __nv_bfloat16* v, __nv_bfloat16* out, const int32_t* seq_offsets, int num_seqs,
+                           int64_t total_tokens, int max_seq_len, int num_q_heads, int num_kv_heads, int head_dim,
+                           cudaStream_t stream);
+
+}  // namespace ember::cuda
