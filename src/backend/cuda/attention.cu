@@ -92,6 +92,8 @@ void launch_wgmma(const AttentionParams& p, int num_seqs, int max_seq_len, cudaS
   check(cudaGetLastError(), "launching the wgmma kernel (head_dim " + std::to_string(D) + ")");
 }
 
+constexpr double kLog2e = 1.4426950408889634;
+
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 }  // namespace
@@ -115,7 +117,7 @@ void attention_varlen_with(AttentionKernel kernel, const __nv_bfloat16* q, const
   const AttentionParams p{q,           k,           v,
                           out,         seq_offsets, total_tokens,
                           num_q_heads, num_kv_heads, num_q_heads / num_kv_heads,
-                          static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(head_dim)))  // log2(e) / sqrt(D)};
+                          static_cast<float>(kLog2e / std::sqrt(static_cast<double>(head_dim)))};
 
   const bool wgmma_shape = head_dim == 64 || head_dim == 128;
   if (kernel == AttentionKernel::Auto)
