@@ -61,7 +61,7 @@ class Backend {
   // Causal grouped-query attention inside each packed sequence, softmax scale 1/sqrt(D).
   // q: [T, Hq, D], k, v: [T, Hkv, D], out: [T, Hq, D]
   virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out) = 0;
-  // out: [T, I] = silu(gate: [T, I]) * up: [T, I]
+  // out: [T, I] = silu(gate: [T, I]) * up: [T, I]; out may be gate itself (in place)
   virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
   // out: [S, n] = x: [T, n] at the last token of each sequence
   virtual void gather_last_tokens(const Tensor& x, Tensor& out) = 0;

@@ -57,7 +57,6 @@ Qwen3Model::Qwen3Model(const ModelConfig& config, const WeightStore& weights, Ba
   const DType a = backend_.activation_dtype();
   mlp_.gate = backend_.allocate(a, {max_batch_tokens_, I});
   mlp_.up = backend_.allocate(a, {max_batch_tokens_, I});
-  mlp_.act = backend_.allocate(a, {max_batch_tokens_, I});
 }
 
 Qwen3Model::TokenBuffers Qwen3Model::allocate_token_buffers(int64_t tokens) {
@@ -116,12 +115,12 @@ void Qwen3Model::run_layers(const PackedBatch& batch, const TokenBuffers& b) {
     backend_.add_rms_norm(residual, attn_out, layer.post_attention_norm, eps, normed);
     for (int64_t begin = 0; begin < T; begin += max_batch_tokens_) {
       const int64_t n = std::min(max_batch_tokens_, T - begin);
-      Tensor gate = rows(mlp_.gate, 0, n), up = rows(mlp_.up, 0, n), act = rows(mlp_.act, 0, n);
+      Tensor gate = rows(mlp_.gate, 0, n), up = rows(mlp_.up, 0, n);
       Tensor out = rows(mlp_out, begin, n);
       backend_.linear(rows(normed, begin, n), layer.gate_proj, gate);
       backend_.linear(rows(normed, begin, n), layer.up_proj, up);
-      backend_.swiglu(gate, up, act);
-      backend_.linear(act, layer.down_proj, out);
+      backend_.swiglu(gate, up, gate);  // in place: saves a [tokens, intermediate] buffer
+      backend_.linear(gate, layer.down_proj, out);
     }
   }
   // Only the last token of each sequence is pooled, so the final residual add and norm run on S

@@ -31,10 +31,10 @@ class Qwen3Model {
   struct TokenBuffers {
     Tensor residual, normed, q, k, v, attn, attn_out, mlp_out;
   };
-  // The MLP's intermediate buffers (3 x intermediate_size per token, the largest activations) are
+  // The MLP's intermediate buffers (2 x intermediate_size per token, the largest activations) are
   // only as tall as max_batch_tokens; longer inputs run the MLP in row chunks.
   struct MlpBuffers {
-    Tensor gate, up, act;
+    Tensor gate, up;
   };
   TokenBuffers allocate_token_buffers(int64_t tokens);
   void run_layers(const PackedBatch& batch, const TokenBuffers& buffers);

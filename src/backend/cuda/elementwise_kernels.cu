@@ -32,7 +32,8 @@ __global__ void gather_rows_kernel(const bf16* __restrict__ src, const int32_t* 
 __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
 template <int V>
-__global__ void swiglu_kernel(const bf16* __restrict__ gate, const bf16* __restrict__ up, bf16* __restrict__ out,
+// out may alias gate: each element is read before it is written, by the same thread.
+__global__ void swiglu_kernel(const bf16* gate, const bf16* __restrict__ up, bf16* out,
                               int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * V;
   for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * V; i < n; i += stride) {
