@@ -83,9 +83,16 @@ Layer make_layer(Backend& b, uint64_t seed) {
     for (int64_t i = 0; i < n; ++i) t.as<uint16_t>()[i] = f32_to_bf16(1.0f + bf16_to_f32(t.as<uint16_t>()[i]));
     return b.load_weight(t, WeightKind::Vector);
   };
-  return {vec(kHidden, 0),     mat(kHeads * kHeadDim, kHidden, 1), mat(kKvHeads * kHeadDim, kHidden, 2),
-          mat(kKvHeads * kHeadDim, kHidden, 3), mat(kHidden, kHeads * kHeadDim, 4), vec(kHeadDim, 5),
-          vec(kHeadDim, 6),    vec(kHidden, 7),  mat(kInter, kHidden, 8), mat(kInter, kHidden, 9),
+  return {vec(kHidden, 0),
+          mat(kHeads * kHeadDim, kHidden, 1),
+          mat(kKvHeads * kHeadDim, kHidden, 2),
+          mat(kKvHeads * kHeadDim, kHidden, 3),
+          mat(kHidden, kHeads * kHeadDim, 4),
+          vec(kHeadDim, 5),
+          vec(kHeadDim, 6),
+          vec(kHidden, 7),
+          mat(kInter, kHidden, 8),
+          mat(kInter, kHidden, 9),
           mat(kHidden, kInter, 10)};
 }
 
@@ -95,10 +102,17 @@ struct Acts {
 
 Acts make_acts(Backend& b, int64_t T) {
   const DType a = b.activation_dtype();
-  Acts x{b.allocate(a, {T, kHidden}),           b.allocate(a, {T, kHidden}),           b.allocate(a, {T, kHeads, kHeadDim}),
-         b.allocate(a, {T, kKvHeads, kHeadDim}), b.allocate(a, {T, kKvHeads, kHeadDim}), b.allocate(a, {T, kHeads, kHeadDim}),
-         b.allocate(a, {T, kHidden}),           b.allocate(a, {T, kInter}),            b.allocate(a, {T, kInter}),
-         b.allocate(a, {T, kInter}),            b.allocate(a, {T, kHidden})};
+  Acts x{b.allocate(a, {T, kHidden}),
+         b.allocate(a, {T, kHidden}),
+         b.allocate(a, {T, kHeads, kHeadDim}),
+         b.allocate(a, {T, kKvHeads, kHeadDim}),
+         b.allocate(a, {T, kKvHeads, kHeadDim}),
+         b.allocate(a, {T, kHeads, kHeadDim}),
+         b.allocate(a, {T, kHidden}),
+         b.allocate(a, {T, kInter}),
+         b.allocate(a, {T, kInter}),
+         b.allocate(a, {T, kInter}),
+         b.allocate(a, {T, kHidden})};
   fill_activation(x.residual, 1);
   fill_activation(x.mlp_out, 2);
   return x;
@@ -112,8 +126,7 @@ Tensor flat(const Tensor& t) {
 
 // One decoder layer exactly as the model runs it. `lap`, if given, is called after each op with
 // the op's name.
-void run_layer(Backend& b, const Layer& l, Acts& x, bool first,
-               const std::function<void(const char*)>& lap = nullptr) {
+void run_layer(Backend& b, const Layer& l, Acts& x, bool first, const std::function<void(const char*)>& lap = nullptr) {
   const float eps = 1e-6f;
   auto done = [&](const char* name) {
     if (lap) lap(name);
@@ -190,7 +203,12 @@ void bench_precision(Precision p, const Options& o) {
   const Layer layer = make_layer(*b, 1);
 
   fmt::print("\nlinear, T={}:\n", T);
-  struct L { const char* name; const Tensor* w; Tensor* in; Tensor out; };
+  struct L {
+    const char* name;
+    const Tensor* w;
+    Tensor* in;
+    Tensor out;
+  };
   const L lins[] = {{"q    1024->2048", &layer.q, &x.normed, flat(x.q)},
                     {"k    1024->1024", &layer.k, &x.normed, flat(x.k)},
                     {"o    2048->1024", &layer.o, &x.attn, x.attn_out},
@@ -211,7 +229,8 @@ void bench_precision(Precision p, const Options& o) {
     ab->set_batch(ab_batch);
     const DType a = ab->activation_dtype();
     Tensor q = ab->allocate(a, {len * count, kHeads, kHeadDim}), k = ab->allocate(a, {len * count, kKvHeads, kHeadDim});
-    Tensor v = ab->allocate(a, {len * count, kKvHeads, kHeadDim}), out = ab->allocate(a, {len * count, kHeads, kHeadDim});
+    Tensor v = ab->allocate(a, {len * count, kKvHeads, kHeadDim}),
+           out = ab->allocate(a, {len * count, kHeads, kHeadDim});
     fill_activation(q, 3);
     fill_activation(k, 4);
     fill_activation(v, 5);
@@ -295,12 +314,13 @@ int main(int argc, char** argv) {
       o.layers = std::atoi(v);
     } else if (a == "--precision" && v) {
       const std::string p = v;
-      o.precisions = p == "fast" ? std::vector{Precision::Fast}
+      o.precisions = p == "fast"    ? std::vector{Precision::Fast}
                      : p == "exact" ? std::vector{Precision::Exact}
                                     : std::vector{Precision::Fast, Precision::Exact};
     } else {
-      fmt::print(stderr, "usage: cpu_ops_bench [--threads N] [--tokens T] [--seq-len L] [--layers N] "
-                         "[--precision fast|exact|both]\n");
+      fmt::print(stderr,
+                 "usage: cpu_ops_bench [--threads N] [--tokens T] [--seq-len L] [--layers N] "
+                 "[--precision fast|exact|both]\n");
       return 2;
     }
     ++i;

@@ -180,7 +180,9 @@ TEST(PackedBatch, RejectsAnEmptySequence) {
 TEST_P(BothPrecisions, LinearMatchesReferenceForEveryWeightDtype) {
   const Precision p = GetParam();
   auto b = backend(p);
-  struct Shape { int64_t t, k, n; };
+  struct Shape {
+    int64_t t, k, n;
+  };
   for (const Shape s : {Shape{1, 37, 19}, Shape{41, 64, 96}, Shape{130, 256, 33}}) {
     for (const DType wdt : {DType::F32, DType::F16, DType::BF16}) {
       const Values wv = random_values(size_t(s.n * s.k), 7), xv = random_values(size_t(s.t * s.k), 8);
@@ -244,7 +246,8 @@ TEST(CpuBackend, EmbedRejectsTokenIdsOutsideTheVocabulary) {
   auto b = backend(Precision::Exact);
   const std::vector<int32_t> ids{1, 60};
   b->set_batch(PackedBatch::pack({&ids}));
-  const Tensor table = b->load_weight(host_tensor(DType::F32, {50, 8}, random_values(400, 1)), WeightKind::EmbeddingTable);
+  const Tensor table =
+      b->load_weight(host_tensor(DType::F32, {50, 8}, random_values(400, 1)), WeightKind::EmbeddingTable);
   Tensor x = b->allocate(DType::F32, {2, 8});
   EXPECT_THROW(b->embed_tokens(table, x), Error);
 }
@@ -264,8 +267,8 @@ TEST_P(BothPrecisions, RmsNormAndAddRmsNorm) {
   auto b = backend(p);
   for (const int64_t n : {int64_t{37}, int64_t{1024}}) {
     for (const int64_t rows : {int64_t{1}, int64_t{45}}) {
-      const Tensor w = b->load_weight(host_tensor(DType::BF16, {n}, random_values(size_t(n), 4, 0.5f, 1.5f)),
-                                      WeightKind::Vector);
+      const Tensor w =
+          b->load_weight(host_tensor(DType::BF16, {n}, random_values(size_t(n), 4, 0.5f, 1.5f)), WeightKind::Vector);
       const Tensor x = activation(*b, {rows, n}, random_values(size_t(rows * n), 5, -3.0f, 3.0f));
       Tensor out = b->allocate(b->activation_dtype(), {rows, n});
       b->rms_norm(x, w, 1e-6f, out);
@@ -293,10 +296,10 @@ TEST_P(BothPrecisions, QkNormRopeAtSmallAndLargePositions) {
     batch.seq_offsets = {0, 6, 7};
     const int64_t T = batch.tokens(), hq = 4, hkv = 2;
     b->set_batch(batch);
-    const Tensor qn = b->load_weight(host_tensor(DType::F32, {d}, random_values(size_t(d), 9, 0.5f, 1.5f)),
-                                     WeightKind::Vector);
-    const Tensor kn = b->load_weight(host_tensor(DType::F32, {d}, random_values(size_t(d), 10, 0.5f, 1.5f)),
-                                     WeightKind::Vector);
+    const Tensor qn =
+        b->load_weight(host_tensor(DType::F32, {d}, random_values(size_t(d), 9, 0.5f, 1.5f)), WeightKind::Vector);
+    const Tensor kn =
+        b->load_weight(host_tensor(DType::F32, {d}, random_values(size_t(d), 10, 0.5f, 1.5f)), WeightKind::Vector);
     Tensor q = activation(*b, {T, hq, d}, random_values(size_t(T * hq * d), 11, -2.0f, 2.0f));
     Tensor k = activation(*b, {T, hkv, d}, random_values(size_t(T * hkv * d), 12, -2.0f, 2.0f));
     const Values q0 = values_of(q), k0 = values_of(k);
@@ -360,8 +363,8 @@ TEST_P(BothPrecisions, AttentionMatchesReferenceOverOddShapes) {
   const Precision p = GetParam();
   auto b = backend(p);
   const std::vector<AttnCase> cases = {
-      {{1}, 2, 2, 16},          {{1, 7, 33}, 4, 4, 16}, {{1, 7, 33}, 4, 2, 32}, {{1, 7, 33}, 8, 2, 128},
-      {{65, 3, 130}, 2, 1, 128}, {{64, 64}, 4, 1, 32}, {{200}, 6, 3, 24},
+      {{1}, 2, 2, 16},           {{1, 7, 33}, 4, 4, 16}, {{1, 7, 33}, 4, 2, 32}, {{1, 7, 33}, 8, 2, 128},
+      {{65, 3, 130}, 2, 1, 128}, {{64, 64}, 4, 1, 32},   {{200}, 6, 3, 24},
   };
   for (const AttnCase& c : cases) {
     const PackedBatch batch = batch_of_lengths(c.lengths);
@@ -369,19 +372,31 @@ TEST_P(BothPrecisions, AttentionMatchesReferenceOverOddShapes) {
     const AttnInputs in = attention_inputs(*b, batch.tokens(), c.hq, c.hkv, c.d, 20);
     Tensor out = b->allocate(b->activation_dtype(), {batch.tokens(), c.hq, c.d});
     b->attention(in.q, in.k, in.v, out);
-    const auto want = ref_attention(values_of(in.q), values_of(in.k), values_of(in.v), batch.seq_offsets, c.hq, c.hkv,
-                                    c.d);
+    const auto want =
+        ref_attention(values_of(in.q), values_of(in.k), values_of(in.v), batch.seq_offsets, c.hq, c.hkv, c.d);
     const std::string what = "T=" + std::to_string(batch.tokens()) + " hq=" + std::to_string(c.hq) +
                              " hkv=" + std::to_string(c.hkv) + " d=" + std::to_string(c.d);
     expect_close(b->to_host_f32(out), want, p, 1e-5, 2e-3, what);
 
-    // The portable kernel, which only runs on CPUs without AVX-512, must agree too.
-    Tensor generic = b->allocate(b->activation_dtype(), {batch.tokens(), c.hq, c.d});
-    cpu::AttentionArgs args{in.q.data, in.k.data, in.v.data, generic.data, p == Precision::Fast, batch.tokens(),
-                            c.hq, c.hkv, c.d, batch.seq_offsets.data(), batch.sequences(),
+    // Every kernel this CPU can run must agree, including those the backend would not pick here.
+    cpu::AttentionArgs args{in.q.data,
+                            in.k.data,
+                            in.v.data,
+                            nullptr,
+                            p == Precision::Fast,
+                            batch.tokens(),
+                            c.hq,
+                            c.hkv,
+                            c.d,
+                            batch.seq_offsets.data(),
+                            batch.sequences(),
                             1.0f / std::sqrt(float(c.d))};
-    cpu::attention_generic(args);
-    expect_close(values_of(generic), want, p, 1e-5, 2e-3, "generic " + what);
+    for (const cpu::AttentionKernel kernel : cpu::attention_kernels(args)) {
+      Tensor other = b->allocate(b->activation_dtype(), {batch.tokens(), c.hq, c.d});
+      args.out = other.data;
+      cpu::attention(args, kernel);
+      expect_close(values_of(other), want, p, 1e-5, 2e-3, "kernel " + std::to_string(int(kernel)) + " " + what);
+    }
   }
 }
 
@@ -392,11 +407,26 @@ TEST_P(BothPrecisions, AttentionOnALongSequence) {
   b->set_batch(batch);
   const int hq = 2, hkv = 1, d = 128;
   const AttnInputs in = attention_inputs(*b, batch.tokens(), hq, hkv, d, 30);
-  Tensor out = b->allocate(b->activation_dtype(), {batch.tokens(), hq, d});
-  b->attention(in.q, in.k, in.v, out);
-  expect_close(b->to_host_f32(out),
-               ref_attention(values_of(in.q), values_of(in.k), values_of(in.v), batch.seq_offsets, hq, hkv, d), p,
-               1e-5, 2e-3, "T=2000");
+  const auto want = ref_attention(values_of(in.q), values_of(in.k), values_of(in.v), batch.seq_offsets, hq, hkv, d);
+  cpu::AttentionArgs args{in.q.data,
+                          in.k.data,
+                          in.v.data,
+                          nullptr,
+                          p == Precision::Fast,
+                          batch.tokens(),
+                          hq,
+                          hkv,
+                          d,
+                          batch.seq_offsets.data(),
+                          batch.sequences(),
+                          1.0f / std::sqrt(float(d))};
+  for (const cpu::AttentionKernel kernel : cpu::attention_kernels(args)) {
+    if (kernel == cpu::AttentionKernel::Generic) continue;  // O(T^2) reloads: covered on short inputs
+    Tensor out = b->allocate(b->activation_dtype(), {batch.tokens(), hq, d});
+    args.out = out.data;
+    cpu::attention(args, kernel);
+    expect_close(values_of(out), want, p, 1e-5, 2e-3, "T=2000 kernel " + std::to_string(int(kernel)));
+  }
 }
 
 TEST_P(BothPrecisions, AttentionIsCausalAndSequencesDoNotSeeEachOther) {

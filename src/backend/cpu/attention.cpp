@@ -10,8 +10,11 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "ember/error.h"
 
 namespace ember::cpu {
+
+namespace {
 
 bool cpu_has_avx512() {
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -19,7 +22,10 @@ bool cpu_has_avx512() {
   return has;
 }
 
-namespace {
+bool cpu_has_avx512_bf16() {
+  static const bool has = cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+  return has;
+}
 
 float element(const void* base, int64_t i, bool bf16) {
   return bf16 ? bf16_to_f32(static_cast<const uint16_t*>(base)[i]) : static_cast<const float*>(base)[i];
@@ -38,8 +44,6 @@ std::vector<AttentionBlock> query_blocks(const AttentionArgs& a) {
   });
   return blocks;
 }
-
-}  // namespace
 
 void attention_generic(const AttentionArgs& a) {
   const int d = a.d, group = a.hq / a.hkv;
@@ -84,19 +88,52 @@ void attention_generic(const AttentionArgs& a) {
   }
 }
 
-void attention(const AttentionArgs& args) {
-  if (!cpu_has_avx512()) {
+// Scratch of the calling thread's attention calls, kept between calls (it is a few hundred KB,
+// which malloc would otherwise map and fault in afresh every layer).
+float* thread_scratch(size_t floats) {
+  thread_local std::unique_ptr<float, decltype(&std::free)> buffer(nullptr, &std::free);
+  thread_local size_t capacity = 0;
+  if (floats > capacity) {
+    buffer.reset(static_cast<float*>(std::aligned_alloc(64, (floats * sizeof(float) + 63) & ~size_t{63})));
+    if (!buffer) {
+      capacity = 0;
+      throw std::bad_alloc();
+    }
+    capacity = floats;
+  }
+  return buffer.get();
+}
+
+}  // namespace
+
+std::vector<AttentionKernel> attention_kernels(const AttentionArgs& args) {
+  std::vector<AttentionKernel> kernels;
+  if (args.bf16 && args.d % 2 == 0 && cpu_has_avx512_bf16()) kernels.push_back(AttentionKernel::Avx512Bf16);
+  if (cpu_has_avx512()) kernels.push_back(AttentionKernel::Avx512);
+  kernels.push_back(AttentionKernel::Generic);
+  return kernels;
+}
+
+void attention(const AttentionArgs& args) { attention(args, attention_kernels(args).front()); }
+
+void attention(const AttentionArgs& args, AttentionKernel kernel) {
+  const std::vector<AttentionKernel> usable = attention_kernels(args);
+  if (std::find(usable.begin(), usable.end(), kernel) == usable.end()) {
+    throw Error("CPU attention: the requested kernel cannot run on this CPU or with these inputs");
+  }
+  if (kernel == AttentionKernel::Generic) {
     attention_generic(args);
     return;
   }
   const std::vector<AttentionBlock> blocks = query_blocks(args);
   const int64_t stride = (attention_scratch_floats(args.hq / args.hkv, args.d) + 15) & ~int64_t{15};
-  const int threads = omp_get_max_threads();
-  const size_t bytes = static_cast<size_t>(stride) * threads * sizeof(float);
-  std::unique_ptr<float, decltype(&std::free)> scratch(
-      static_cast<float*>(std::aligned_alloc(64, (bytes + 63) & ~size_t{63})), &std::free);
-  if (!scratch) throw std::bad_alloc();
-  attention_avx512(args, blocks.data(), static_cast<int64_t>(blocks.size()), scratch.get(), stride);
+  float* scratch = thread_scratch(static_cast<size_t>(stride) * omp_get_max_threads());
+  const auto n = static_cast<int64_t>(blocks.size());
+  if (kernel == AttentionKernel::Avx512Bf16) {
+    attention_avx512_bf16(args, blocks.data(), n, scratch, stride);
+  } else {
+    attention_avx512(args, blocks.data(), n, scratch, stride);
+  }
 }
 
 }  // namespace ember::cpu

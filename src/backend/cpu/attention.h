@@ -1,8 +1,9 @@
 #pragma once
 // Causal grouped-query attention over a packed batch, flash-attention style: queries are taken
 // in blocks and keys streamed in blocks with an online softmax, so memory stays O(T) however
-// long a sequence is. An AVX-512 kernel runs where the CPU has it; a plain per-row loop elsewhere.
+// long a sequence is. AVX-512 kernels run where the CPU has them; a plain per-row loop elsewhere.
 #include <cstdint>
+#include <vector>
 
 namespace ember::cpu {
 
@@ -27,23 +28,30 @@ struct AttentionBlock {
   int64_t seq_begin, seq_end, q0;
 };
 
-// fp32 scratch one thread of the AVX-512 kernel needs.
+// fp32 scratch one thread of an AVX-512 kernel needs (either kernel).
 inline int64_t attention_scratch_floats(int group, int d) {
   const int64_t b = kAttnBlock;
-  return 2 * group * d * b + 2 * group * b + 2 * b * d + b * b + 64;
+  return 2 * group * d * b + 2 * group * b + 2 * b * d + b * b + b * b / 2 + b * d + 64;
 }
 
-bool cpu_has_avx512();
+enum class AttentionKernel {
+  Generic,     // portable per-query loop, fp32
+  Avx512,      // fp32 FMAs on fp32 or bf16 inputs
+  Avx512Bf16,  // bf16 dot products (vdpbf16ps), fp32 softmax; bf16 inputs only
+};
 
-// Picks the kernel for this CPU. `threads` is the OpenMP thread count already set by the caller.
+// The kernels this CPU can run for `args`, fastest first (Generic always last).
+std::vector<AttentionKernel> attention_kernels(const AttentionArgs& args);
+
+// Runs the fastest kernel, or the one named (which must be in attention_kernels(args)).
 void attention(const AttentionArgs& args);
+void attention(const AttentionArgs& args, AttentionKernel kernel);
 
-// The portable kernel, also callable directly so tests cover it on AVX-512 machines.
-void attention_generic(const AttentionArgs& args);
-
-// AVX-512 kernel (attention_avx512.cpp, built with AVX-512 flags; call only when
-// cpu_has_avx512()). blocks: [n_blocks], scratch: [omp_get_max_threads() * scratch_stride].
+// Entry points of the AVX-512 files, built with AVX-512 flags: call only through attention().
+// blocks: [n_blocks], scratch: [omp_get_max_threads() * scratch_stride] floats.
 void attention_avx512(const AttentionArgs& args, const AttentionBlock* blocks, int64_t n_blocks, float* scratch,
                       int64_t scratch_stride);
+void attention_avx512_bf16(const AttentionArgs& args, const AttentionBlock* blocks, int64_t n_blocks, float* scratch,
+                           int64_t scratch_stride);
 
 }  // namespace ember::cpu

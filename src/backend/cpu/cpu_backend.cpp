@@ -42,7 +42,8 @@ class CpuBackend final : public Backend {
             "weights must be F32, F16 or BF16, got " + describe(host));
     enter();
     switch (kind) {
-      case WeightKind::Vector: return converted(host, DType::F32);
+      case WeightKind::Vector:
+        return converted(host, DType::F32);
       case WeightKind::EmbeddingTable:
         require(host.shape.size() == 2, "embedding table must be [vocab, hidden], got " + describe(host));
         return host;  // rows are converted as they are gathered
@@ -95,8 +96,8 @@ class CpuBackend final : public Backend {
     const int64_t n = w.numel();
     check_norm(w, n);
     check_act(residual, residual.numel(), "add_rms_norm residual");
-    require(residual.numel() % n == 0, "add_rms_norm residual " + describe(residual) + " does not have rows of " +
-                                           std::to_string(n));
+    require(residual.numel() % n == 0,
+            "add_rms_norm residual " + describe(residual) + " does not have rows of " + std::to_string(n));
     check_act(x, residual.numel(), "add_rms_norm input");
     check_act(out, residual.numel(), "add_rms_norm output");
     cpu::add_rms_norm(residual.data, x.data, out.data, act_, w.as<float>(), eps, residual.numel() / n, n);
@@ -104,9 +105,8 @@ class CpuBackend final : public Backend {
 
   void linear(const Tensor& x, const Tensor& w, Tensor& out) override {
     enter();
-    require(w.shape.size() == 2 && w.dtype == act_,
-            "linear weight must be a " + std::string(dtype_name(act_)) + " [out, in] matrix from load_weight, got " +
-                describe(w));
+    require(w.shape.size() == 2 && w.dtype == act_, "linear weight must be a " + std::string(dtype_name(act_)) +
+                                                        " [out, in] matrix from load_weight, got " + describe(w));
     const int64_t n = w.dim(0), k = w.dim(1);
     check_act(x, x.numel(), "linear input");
     require(x.numel() % k == 0, "linear input " + describe(x) + " does not have rows of " + std::to_string(k));
@@ -115,8 +115,7 @@ class CpuBackend final : public Backend {
     gemm_.run(x.data, w.data, out.data, m, k, n, act_);
   }
 
-  void qk_norm_rope(Tensor& q, Tensor& k, const Tensor& q_norm, const Tensor& k_norm, float eps,
-                    float theta) override {
+  void qk_norm_rope(Tensor& q, Tensor& k, const Tensor& q_norm, const Tensor& k_norm, float eps, float theta) override {
     enter();
     const int64_t T = batch_.tokens(), d = q_norm.numel();
     check_norm(q_norm, d);
@@ -142,13 +141,14 @@ class CpuBackend final : public Backend {
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out) override {
     enter();
     const int64_t T = batch_.tokens();
-    require(q.shape.size() == 3 && k.shape.size() == 3 && v.shape == k.shape && out.shape == q.shape &&
-                q.dim(0) == T && k.dim(0) == T && q.dim(2) == k.dim(2),
+    require(q.shape.size() == 3 && k.shape.size() == 3 && v.shape == k.shape && out.shape == q.shape && q.dim(0) == T &&
+                k.dim(0) == T && q.dim(2) == k.dim(2),
             "attention needs q, out: [tokens, heads, head_dim] and k, v: [tokens, kv_heads, head_dim], got q " +
                 describe(q) + ", k " + describe(k) + ", v " + describe(v) + ", out " + describe(out));
     require(q.dim(1) % k.dim(1) == 0, "query heads (" + std::to_string(q.dim(1)) +
                                           ") must be a multiple of key/value heads (" + std::to_string(k.dim(1)) + ")");
-    for (const Tensor* t : {&q, &k, &v, static_cast<const Tensor*>(&out)}) check_act(*t, t->numel(), "attention operand");
+    for (const Tensor* t : {&q, &k, &v, static_cast<const Tensor*>(&out)})
+      check_act(*t, t->numel(), "attention operand");
     cpu::AttentionArgs args;
     args.q = q.data;
     args.k = k.data;
@@ -176,8 +176,8 @@ class CpuBackend final : public Backend {
   void gather_last_tokens(const Tensor& x, Tensor& out) override {
     enter();
     const int64_t T = batch_.tokens(), S = batch_.sequences();
-    require(!x.shape.empty() && x.dim(0) == T, "gather_last_tokens input must have one row per token, got " +
-                                                   describe(x));
+    require(!x.shape.empty() && x.dim(0) == T,
+            "gather_last_tokens input must have one row per token, got " + describe(x));
     const int64_t n = x.numel() / T;
     check_act(x, T * n, "gather_last_tokens input");
     check_act(out, S * n, "gather_last_tokens output");
@@ -200,8 +200,8 @@ class CpuBackend final : public Backend {
 
   void check_act(const Tensor& t, int64_t numel, const char* what) const {
     require(t.dtype == act_ && t.numel() == numel && t.data != nullptr,
-            std::string(what) + " must be " + dtype_name(act_) + " with " + std::to_string(numel) +
-                " elements, got " + describe(t));
+            std::string(what) + " must be " + dtype_name(act_) + " with " + std::to_string(numel) + " elements, got " +
+                describe(t));
   }
 
   static void check_norm(const Tensor& w, int64_t n) {

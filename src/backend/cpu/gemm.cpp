@@ -15,9 +15,12 @@ using tag = dnnl::memory::format_tag;
 
 dnnl::memory::data_type onednn_type(DType dt) {
   switch (dt) {
-    case DType::F32: return dnnl::memory::data_type::f32;
-    case DType::BF16: return dnnl::memory::data_type::bf16;
-    default: throw Error(std::string("CPU linear: unsupported dtype ") + dtype_name(dt) + " (F32 or BF16 expected)");
+    case DType::F32:
+      return dnnl::memory::data_type::f32;
+    case DType::BF16:
+      return dnnl::memory::data_type::bf16;
+    default:
+      throw Error(std::string("CPU linear: unsupported dtype ") + dtype_name(dt) + " (F32 or BF16 expected)");
   }
 }
 

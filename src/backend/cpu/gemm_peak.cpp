@@ -5,10 +5,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <oneapi/dnnl/dnnl.hpp>
 #include <string>
 #include <unordered_map>
-
-#include <oneapi/dnnl/dnnl.hpp>
 
 #include "ember/error.h"
 
