@@ -15,6 +15,7 @@
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/graph_cache.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/op_profile.h"
 #include "backend/cuda/weight_upload.h"
 #include "ember/error.h"
 
@@ -44,13 +45,18 @@ class CudaBackend final : public Backend {
     check(cudaSetDevice(device_), "cudaSetDevice");
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     check(cudaEventCreateWithFlags(&batch_copied_, cudaEventDisableTiming), "cudaEventCreate");
-    gemm_ = std::make_unique<cuda::Gemm>(memory_);
+    gemm_ = std::make_unique<cuda::Gemm>(memory_, options.tune_gemms);
+    if (cuda::OpProfile::requested()) profile_ = std::make_unique<cuda::OpProfile>(stream_);
   }
 
   ~CudaBackend() override {
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
     graphs_.clear();
+    if (profile_) {
+      for (const std::string& line : gemm_->tuning_log()) profile_->note(line);
+      profile_.reset();
+    }
     gemm_.reset();
     if (batch_pinned_) cudaFreeHost(batch_pinned_);
     cudaEventDestroy(batch_copied_);
@@ -113,6 +119,7 @@ class CudaBackend final : public Backend {
     tokens_ = batch.tokens();
     sequences_ = batch.sequences();
     max_seq_len_ = longest;
+    if (profile_) profile_->set_batch(tokens_, sequences_);
     reserve_batch(tokens_);
     // The pinned staging is reused: the previous batch's copy must have left it.
     check(cudaEventSynchronize(batch_copied_), "uploading the batch");
@@ -135,7 +142,8 @@ class CudaBackend final : public Backend {
             "embedding table must be a BF16 [vocab, hidden] weight from load_weight, got " + describe(table));
     const int64_t hidden = table.dim(1);
     check_act(x, tokens_ * hidden, "embed_tokens output");
-    cuda::embed_gather(bf16_ptr(table), ids_, bf16_ptr(x), tokens_, hidden, stream_);
+    timed("embed_tokens", 0, 4.0 * tokens_ * hidden,
+          [&] { cuda::embed_gather(bf16_ptr(table), ids_, bf16_ptr(x), tokens_, hidden, stream_); });
   }
 
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
@@ -145,7 +153,8 @@ class CudaBackend final : public Backend {
     check_act(x, x.numel(), "rms_norm input");
     require(x.numel() % n == 0, "rms_norm input " + describe(x) + " does not have rows of " + std::to_string(n));
     check_act(out, x.numel(), "rms_norm output");
-    cuda::rms_norm(bf16_ptr(x), w.as<float>(), bf16_ptr(out), x.numel() / n, n, eps, stream_);
+    timed("rms_norm", 0, 4.0 * x.numel(),
+          [&] { cuda::rms_norm(bf16_ptr(x), w.as<float>(), bf16_ptr(out), x.numel() / n, n, eps, stream_); });
   }
 
   void add_rms_norm(Tensor& residual, const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
@@ -157,8 +166,10 @@ class CudaBackend final : public Backend {
             "add_rms_norm residual " + describe(residual) + " does not have rows of " + std::to_string(n));
     check_act(x, residual.numel(), "add_rms_norm input");
     check_act(out, residual.numel(), "add_rms_norm output");
-    cuda::add_rms_norm(bf16_ptr(residual), bf16_ptr(x), w.as<float>(), bf16_ptr(out), residual.numel() / n, n, eps,
-                       stream_);
+    timed("add_rms_norm", 0, 8.0 * residual.numel(), [&] {
+      cuda::add_rms_norm(bf16_ptr(residual), bf16_ptr(x), w.as<float>(), bf16_ptr(out), residual.numel() / n, n, eps,
+                         stream_);
+    });
   }
 
   void linear(const Tensor& x, const Tensor& w, Tensor& out) override {
@@ -170,7 +181,10 @@ class CudaBackend final : public Backend {
     require(x.numel() % k == 0, "linear input " + describe(x) + " does not have rows of " + std::to_string(k));
     const int64_t m = x.numel() / k;
     check_act(out, m * n, "linear output");
-    gemm_->run(bf16_ptr(x), bf16_ptr(w), bf16_ptr(out), m, n, k, stream_);
+    const auto run = [&] { gemm_->run(bf16_ptr(x), bf16_ptr(w), bf16_ptr(out), m, n, k, stream_); };
+    if (!profile_) return run();
+    timed("linear N=" + std::to_string(n) + " K=" + std::to_string(k), 2.0 * m * n * k, 2.0 * (m * k + n * k + m * n),
+          run);
   }
 
   void qk_norm_rope(Tensor& q, Tensor& k, const Tensor& q_norm, const Tensor& k_norm, float eps,
@@ -194,9 +208,11 @@ class CudaBackend final : public Backend {
       rope_d_ = d;
       rope_theta_ = theta;
     }
-    cuda::qk_norm_rope(bf16_ptr(q), bf16_ptr(k), q_norm.as<float>(), k_norm.as<float>(), positions_, T,
-                       static_cast<int>(q.numel() / (T * d)), static_cast<int>(k.numel() / (T * d)),
-                       static_cast<int>(d), eps, rope_, stream_);
+    timed("qk_norm_rope", 0, 4.0 * (q.numel() + k.numel()), [&] {
+      cuda::qk_norm_rope(bf16_ptr(q), bf16_ptr(k), q_norm.as<float>(), k_norm.as<float>(), positions_, T,
+                         static_cast<int>(q.numel() / (T * d)), static_cast<int>(k.numel() / (T * d)),
+                         static_cast<int>(d), eps, rope_, stream_);
+    });
   }
 
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out) override {
@@ -211,10 +227,12 @@ class CudaBackend final : public Backend {
     for (const Tensor* t : {&q, &k, &v, static_cast<const Tensor*>(&out)}) {
       check_act(*t, t->numel(), "attention operand");
     }
-    cuda::attention_varlen(bf16_ptr(q), bf16_ptr(k), bf16_ptr(v), bf16_ptr(out), offsets_,
-                           static_cast<int>(sequences_), T, static_cast<int>(max_seq_len_),
-                           static_cast<int>(q.dim(1)), static_cast<int>(k.dim(1)), static_cast<int>(q.dim(2)),
-                           stream_);
+    timed("attention", 0, 0, [&] {
+      cuda::attention_varlen(bf16_ptr(q), bf16_ptr(k), bf16_ptr(v), bf16_ptr(out), offsets_,
+                             static_cast<int>(sequences_), T, static_cast<int>(max_seq_len_),
+                             static_cast<int>(q.dim(1)), static_cast<int>(k.dim(1)), static_cast<int>(q.dim(2)),
+                             stream_);
+    });
   }
 
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
@@ -222,7 +240,8 @@ class CudaBackend final : public Backend {
     check_act(gate, gate.numel(), "swiglu gate");
     check_act(up, gate.numel(), "swiglu up");
     check_act(out, gate.numel(), "swiglu output");
-    cuda::swiglu(bf16_ptr(gate), bf16_ptr(up), bf16_ptr(out), gate.numel(), stream_);
+    timed("swiglu", 0, 6.0 * gate.numel(),
+          [&] { cuda::swiglu(bf16_ptr(gate), bf16_ptr(up), bf16_ptr(out), gate.numel(), stream_); });
   }
 
   void gather_last_tokens(const Tensor& x, Tensor& out) override {
@@ -233,7 +252,8 @@ class CudaBackend final : public Backend {
     const int64_t n = x.numel() / T;
     check_act(x, T * n, "gather_last_tokens input");
     check_act(out, S * n, "gather_last_tokens output");
-    cuda::gather_last_tokens(bf16_ptr(x), offsets_, bf16_ptr(out), S, n, stream_);
+    timed("gather_last_tokens", 0, 4.0 * S * n,
+          [&] { cuda::gather_last_tokens(bf16_ptr(x), offsets_, bf16_ptr(out), S, n, stream_); });
   }
 
   std::vector<float> to_host_f32(const Tensor& t) override {
@@ -253,13 +273,14 @@ class CudaBackend final : public Backend {
     }
     check(cudaMemcpyAsync(host.data(), src, host.size() * 4, cudaMemcpyDeviceToHost, stream_), "copying results");
     check(cudaStreamSynchronize(stream_), "running the forward pass");
+    if (profile_) profile_->collect();
     return host;
   }
 
   void run_forward(const std::function<void()>& ops) override {
     check(cudaSetDevice(device_), "cudaSetDevice");
     weights_ready();
-    if (!options_.use_graphs || tokens_ > options_.max_graph_tokens) {
+    if (!options_.use_graphs || tokens_ > options_.max_graph_tokens || profile_) {
       ops();
       return;
     }
@@ -267,6 +288,15 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  // Runs `launch`; when profiling, times it as one `label` op moving `bytes` / doing `flops`.
+  template <class Launch>
+  void timed(const std::string& label, double flops, double bytes, const Launch& launch) {
+    if (!profile_) return launch();
+    profile_->begin();
+    launch();
+    profile_->end(label, flops, bytes);
+  }
+
   // Weights are uploaded asynchronously; the first op after the last load_weight waits for them.
   void weights_ready() {
     if (uploader_.pending()) uploader_.finish();
@@ -329,6 +359,7 @@ class CudaBackend final : public Backend {
   int64_t rope_d_ = 0;
   float rope_theta_ = 0.0f;
   cuda::GraphCache graphs_;
+  std::unique_ptr<cuda::OpProfile> profile_;  // EMBER_CUDA_PROFILE
 };
 
 }  // namespace

@@ -10,6 +10,7 @@ struct CudaBackendOptions {
   bool use_graphs = true;            // record run_forward() as CUDA graphs and replay them
   int64_t max_graph_tokens = 4096;   // larger batches run eagerly
   size_t graph_cache_entries = 64;   // recorded batch shapes kept (least recently used dropped)
+  bool tune_gemms = true;            // time cuBLASLt's candidate algorithms once per GEMM shape class
 };
 
 // The CUDA backend: bf16 activations and weights on device `device_index` (norm vectors fp32),
