@@ -274,6 +274,44 @@ TEST(CudaAttention, ManyShortSequencesQwenShape) {
   check_kernels(p, rows, {AttentionKernel::Auto});
 }
 
+// q, k and v read in place from one fused [T, (hq + 2 hkv) * d] projection output through row
+// strides, as the CUDA backend runs them; GQA groups that pack into the wgmma tile (2, 4, 8) and
+// one that does not (3).
+TEST(CudaAttention, FusedQkvRowStrides) {
+  SKIP_WITHOUT_GPU();
+  struct Heads {
+    int hq, hkv;
+  };
+  for (int d : {64, 128}) {
+    for (const Heads h : {Heads{32, 8}, Heads{6, 2}, Heads{16, 2}, Heads{4, 2}}) {
+      const Problem p = make_problem({1, 31, 32, 33, 200, 5}, h.hq, h.hkv, d, 20 + d + h.hq);
+      const int64_t row = int64_t{h.hq + 2 * h.hkv} * d;
+      std::vector<uint16_t> fused(p.tokens * row);
+      for (int64_t t = 0; t < p.tokens; ++t) {
+        std::copy_n(&p.q[t * h.hq * d], h.hq * d, &fused[t * row]);
+        std::copy_n(&p.k[t * h.hkv * d], h.hkv * d, &fused[t * row + h.hq * d]);
+        std::copy_n(&p.v[t * h.hkv * d], h.hkv * d, &fused[t * row + (h.hq + h.hkv) * d]);
+      }
+      DeviceBuffer qkv(fused.size() * 2), out(p.q.size() * 2), offsets(p.offsets.size() * 4);
+      cudaMemcpy(qkv.as<void>(), fused.data(), fused.size() * 2, cudaMemcpyHostToDevice);
+      cudaMemcpy(offsets.as<void>(), p.offsets.data(), p.offsets.size() * 4, cudaMemcpyHostToDevice);
+      const Reference ref = reference(p, all_rows(p));
+      for (AttentionKernel k : kernels_for(d)) {
+        cudaMemset(out.as<void>(), 0xFF, p.q.size() * 2);
+        const __nv_bfloat16* base = qkv.as<__nv_bfloat16>();
+        ember::cuda::attention_varlen_with(k, base, base + h.hq * d, base + (h.hq + h.hkv) * d,
+                                           out.as<__nv_bfloat16>(), offsets.as<int32_t>(),
+                                           static_cast<int>(p.lens.size()), p.tokens, p.max_len, h.hq, h.hkv, d,
+                                           nullptr, row, row);
+        std::vector<uint16_t> result(p.q.size());
+        cuda_ok(cudaDeviceSynchronize(), "attention kernel");
+        cudaMemcpy(result.data(), out.as<void>(), result.size() * 2, cudaMemcpyDeviceToHost);
+        expect_matches(p, result, all_rows(p), ref, describe(p, k) + " fused qkv");
+      }
+    }
+  }
+}
+
 TEST(CudaAttention, Sequence4096) {
   SKIP_WITHOUT_GPU();
   const Problem p = make_problem({4096}, 8, 2, 128, 5);
@@ -351,6 +389,13 @@ TEST(CudaAttention, RejectsUnsupportedShapes) {
   EXPECT_THROW(call(6, 4, 64), ember::Error);
   EXPECT_THROW(call(4, 0, 64), ember::Error);
   EXPECT_THROW(call(4, 4, 32, AttentionKernel::Wgmma), ember::Error);
+  const __nv_bfloat16* any = reinterpret_cast<const __nv_bfloat16*>(uintptr_t{256});
+  const auto strided = [&](int64_t q_stride, int64_t kv_stride) {
+    ember::cuda::attention_varlen_with(AttentionKernel::Mma, any, any, any, const_cast<__nv_bfloat16*>(any), nullptr,
+                                       1, 1, 1, 4, 2, 64, nullptr, q_stride, kv_stride);
+  };
+  EXPECT_THROW(strided(4 * 64 - 8, 0), ember::Error);  // rows overlap
+  EXPECT_THROW(strided(0, 2 * 64 + 4), ember::Error);  // not 16-byte steps
 }
 
 TEST(CudaAttention, EmptyBatchLaunchesNothing) {

@@ -60,14 +60,15 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// x: [tokens, heads, d] bf16 viewed as a 3-D tensor; one box is 64 columns (128 bytes, the
-// swizzle width) of one head for `rows` consecutive tokens.
-CUtensorMap tensor_map(const void* x, int64_t tokens, int heads, int d, int rows) {
+// x: [tokens, heads, d] bf16 with token rows row_stride elements apart, viewed as a 3-D tensor;
+// one box is 64 columns (128 bytes, the swizzle width) of `box_heads` consecutive heads for
+// `rows` consecutive tokens, landing in shared memory as rows * box_heads rows of 128 bytes.
+CUtensorMap tensor_map(const void* x, int64_t tokens, int heads, int d, int64_t row_stride, int box_heads, int rows) {
   CUtensorMap map;
   const cuuint64_t dims[3] = {static_cast<cuuint64_t>(d), static_cast<cuuint64_t>(heads),
                               static_cast<cuuint64_t>(tokens)};
-  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(d) * 2, static_cast<cuuint64_t>(heads) * d * 2};
-  const cuuint32_t box[3] = {64, 1, static_cast<cuuint32_t>(rows)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(d) * 2, static_cast<cuuint64_t>(row_stride) * 2};
+  const cuuint32_t box[3] = {64, static_cast<cuuint32_t>(box_heads), static_cast<cuuint32_t>(rows)};
   const cuuint32_t elem_strides[3] = {1, 1, 1};
   const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(x), dims,
                                           strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
@@ -77,17 +78,27 @@ CUtensorMap tensor_map(const void* x, int64_t tokens, int heads, int d, int rows
   return map;
 }
 
+// Query heads per wgmma tile: the largest power of two dividing the GQA group (so the tile's heads
+// share one key/value head) and the tile's 128 rows. Packing never adds tiles (hq * len / 128 of
+// them either way) and removes the mostly empty ones of sequences shorter than 128 tokens.
+int pack_shift(int group, int block_m) {
+  int shift = 0;
+  while (group % (2 << shift) == 0 && block_m % (2 << shift) == 0) ++shift;
+  return shift;
+}
+
 template <int D>
 void launch_wgmma(const AttentionParams& p, int num_seqs, int max_seq_len, cudaStream_t stream) {
   using C = WgmmaConfig<D>;
-  const CUtensorMap tm_q = tensor_map(p.q, p.tokens, p.hq, D, C::kBM);
-  const CUtensorMap tm_k = tensor_map(p.k, p.tokens, p.hkv, D, C::kBN);
-  const CUtensorMap tm_v = tensor_map(p.v, p.tokens, p.hkv, D, C::kBN);
-  const WgmmaParams wp{p.out, p.seq_offsets, p.hq, p.group, p.scale_log2};
+  const int shift = pack_shift(p.group, C::kBM);
+  const CUtensorMap tm_q = tensor_map(p.q, p.tokens, p.hq, D, p.q_stride, 1 << shift, C::kBM >> shift);
+  const CUtensorMap tm_k = tensor_map(p.k, p.tokens, p.hkv, D, p.kv_stride, 1, C::kBN);
+  const CUtensorMap tm_v = tensor_map(p.v, p.tokens, p.hkv, D, p.kv_stride, 1, C::kBN);
+  const WgmmaParams wp{p.out, p.seq_offsets, p.hq, p.group, shift, p.scale_log2};
   const auto kernel = attention_wgmma_kernel<D>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes),
         "raising the shared-memory limit of the wgmma kernel");
-  kernel<<<grid_for(p.hq, num_seqs, max_seq_len, C::kBM), C::kThreads, C::kSmemBytes, stream>>>(
+  kernel<<<grid_for(p.hq >> shift, num_seqs, max_seq_len, C::kBM >> shift), C::kThreads, C::kSmemBytes, stream>>>(
       tm_q, tm_k, tm_v, wp);
   check(cudaGetLastError(), "launching the wgmma kernel (head_dim " + std::to_string(D) + ")");
 }
@@ -101,7 +112,7 @@ bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 =
 void attention_varlen_with(AttentionKernel kernel, const __nv_bfloat16* q, const __nv_bfloat16* k,
                            const __nv_bfloat16* v, __nv_bfloat16* out, const int32_t* seq_offsets, int num_seqs,
                            int64_t total_tokens, int max_seq_len, int num_q_heads, int num_kv_heads, int head_dim,
-                           cudaStream_t stream) {
+                           cudaStream_t stream, int64_t q_row_stride, int64_t kv_row_stride) {
   if (head_dim != 16 && head_dim != 32 && head_dim != 64 && head_dim != 128 && head_dim != 256)
     throw Error("attention: head_dim " + std::to_string(head_dim) + " is not supported (16, 32, 64, 128 or 256)");
   if (num_q_heads <= 0 || num_kv_heads <= 0 || num_q_heads % num_kv_heads != 0)
@@ -113,10 +124,24 @@ void attention_varlen_with(AttentionKernel kernel, const __nv_bfloat16* q, const
   if (num_seqs == 0 || total_tokens == 0 || max_seq_len == 0) return;
   if (!aligned16(q) || !aligned16(k) || !aligned16(v) || !aligned16(out))
     throw Error("attention: q, k, v and out must be 16-byte aligned device buffers");
+  if (q_row_stride == 0) q_row_stride = int64_t{num_q_heads} * head_dim;
+  if (kv_row_stride == 0) kv_row_stride = int64_t{num_kv_heads} * head_dim;
+  if (q_row_stride < int64_t{num_q_heads} * head_dim || kv_row_stride < int64_t{num_kv_heads} * head_dim ||
+      q_row_stride % 8 != 0 || kv_row_stride % 8 != 0)
+    throw Error("attention: row strides (" + std::to_string(q_row_stride) + ", " + std::to_string(kv_row_stride) +
+                " elements) must cover the heads and be multiples of 8 elements");
 
-  const AttentionParams p{q,           k,           v,
-                          out,         seq_offsets, total_tokens,
-                          num_q_heads, num_kv_heads, num_q_heads / num_kv_heads,
+  const AttentionParams p{q,
+                          k,
+                          v,
+                          out,
+                          seq_offsets,
+                          total_tokens,
+                          q_row_stride,
+                          kv_row_stride,
+                          num_q_heads,
+                          num_kv_heads,
+                          num_q_heads / num_kv_heads,
                           static_cast<float>(kLog2e / std::sqrt(static_cast<double>(head_dim)))};
 
   const bool wgmma_shape = head_dim == 64 || head_dim == 128;
@@ -143,9 +168,10 @@ void attention_varlen_with(AttentionKernel kernel, const __nv_bfloat16* q, const
 
 void attention_varlen(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* out,
                       const int32_t* seq_offsets, int num_seqs, int64_t total_tokens, int max_seq_len,
-                      int num_q_heads, int num_kv_heads, int head_dim, cudaStream_t stream) {
+                      int num_q_heads, int num_kv_heads, int head_dim, cudaStream_t stream, int64_t q_row_stride,
+                      int64_t kv_row_stride) {
   attention_varlen_with(AttentionKernel::Auto, q, k, v, out, seq_offsets, num_seqs, total_tokens, max_seq_len,
-                        num_q_heads, num_kv_heads, head_dim, stream);
+                        num_q_heads, num_kv_heads, head_dim, stream, q_row_stride, kv_row_stride);
 }
 
 }  // namespace ember::cuda

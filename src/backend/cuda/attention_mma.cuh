@@ -13,12 +13,13 @@
 namespace ember::cuda {
 
 struct AttentionParams {
-  const __nv_bfloat16* q;  // [T, hq, D]
-  const __nv_bfloat16* k;  // [T, hkv, D]
-  const __nv_bfloat16* v;  // [T, hkv, D]
-  __nv_bfloat16* out;      // [T, hq, D]
+  const __nv_bfloat16* q;  // [T, hq, D], rows q_stride elements apart
+  const __nv_bfloat16* k;  // [T, hkv, D], rows kv_stride elements apart
+  const __nv_bfloat16* v;  // [T, hkv, D], rows kv_stride elements apart
+  __nv_bfloat16* out;      // [T, hq, D], contiguous
   const int32_t* seq_offsets;  // [S + 1]
   int64_t tokens;
+  int64_t q_stride, kv_stride;
   int hq, hkv, group;  // group = hq / hkv
   float scale_log2;    // log2(e) / sqrt(D): scores go straight to exp2
 };
@@ -57,7 +58,7 @@ __global__ void __launch_bounds__(MmaConfig<D>::kThreads) attention_mma_kernel(A
   bf16* sV = sK + 2 * BN * LD;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int64_t q_row_stride = int64_t{p.hq} * D, kv_row_stride = int64_t{p.hkv} * D;
+  const int64_t q_row_stride = p.q_stride, kv_row_stride = p.kv_stride, out_row_stride = int64_t{p.hq} * D;
   const bf16* q_base = p.q + int64_t{h} * D;
   const bf16* k_base = p.k + int64_t{hk} * D;
   const bf16* v_base = p.v + int64_t{hk} * D;
@@ -202,7 +203,7 @@ __global__ void __launch_bounds__(MmaConfig<D>::kThreads) attention_mma_kernel(A
     const int r = c / CH, ch = c % CH;
     const int pos = warp_row0 + r;
     if (pos < len)
-      *reinterpret_cast<uint4*>(p.out + (seq_begin + pos) * q_row_stride + int64_t{h} * D + ch * 8) =
+      *reinterpret_cast<uint4*>(p.out + (seq_begin + pos) * out_row_stride + int64_t{h} * D + ch * 8) =
           *reinterpret_cast<const uint4*>(sQ + (warp * 16 + r) * LD + ch * 8);
   }
 #endif

@@ -1,6 +1,9 @@
 #pragma once
-// FlashAttention-3 style kernel for Hopper (sm_90a), head_dim 64 or 128. A CTA takes 128 queries
-// of one (sequence, query head): two consumer warpgroups own 64 query rows each and run
+// FlashAttention-3 style kernel for Hopper (sm_90a), head_dim 64 or 128. A CTA takes 128 query
+// rows of one sequence: 128 / P consecutive tokens of P query heads that share a key/value head
+// (P = 1 for one head; P > 1 packs a GQA group, so a short sequence fills the tile and its key and
+// value blocks are loaded once for P heads). Row r of the tile is token r / P of head r % P. Two
+// consumer warpgroups own 64 rows each and run
 // S = Q·K^T with both operands in shared memory and O += P·V with P straight from the score
 // registers (wgmma's accumulator layout is its A-fragment layout); a producer warpgroup streams K/V
 // blocks with bulk tensor copies (TMA, 128-byte swizzle, zero fill past the batch end) through a
@@ -19,6 +22,7 @@ struct WgmmaParams {
   __nv_bfloat16* out;          // [T, hq, D]
   const int32_t* seq_offsets;  // [S + 1]
   int hq, group;               // group = hq / hkv
+  int pack_shift;              // log2(P): P query heads per CTA, P dividing group and kBM
   float scale_log2;            // log2(e) / sqrt(D)
 };
 
@@ -47,16 +51,18 @@ struct WgmmaConfig {
 // sc[4j + 2hh + e] is row g + 8hh, column 8j + 2t + e.
 constexpr int kScoreRegs = 64;
 
-// Hides keys after each query (positions relative to the sequence start).
-__device__ __forceinline__ void causal_mask(float (&sc)[kScoreRegs], int key0, int warp_row0, int g, int t) {
-  if (key0 + 127 <= warp_row0) return;
+// Hides keys after each query (positions relative to the sequence start). The warp's rows start
+// at tile row r0; tile row r is the query at position q_start + (r >> shift).
+__device__ __forceinline__ void causal_mask(float (&sc)[kScoreRegs], int key0, int q_start, int r0, int shift, int g,
+                                            int t) {
+  if (key0 + 127 <= q_start + (r0 >> shift)) return;
 #pragma unroll
   for (int j = 0; j < 16; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int key = key0 + 8 * j + 2 * t + (e & 1);
-      const int row = warp_row0 + g + 8 * (e >> 1);
-      if (key > row) sc[4 * j + e] = -INFINITY;
+      const int pos = q_start + ((r0 + g + 8 * (e >> 1)) >> shift);
+      if (key > pos) sc[4 * j + e] = -INFINITY;
     }
 }
 
@@ -150,12 +156,13 @@ __device__ __forceinline__ void pass_turn(int wg) { ptx::named_barrier_arrive(3 
 // 628 TFLOP/s against 575 for plain issue / wait / softmax / issue / wait.
 template <int D>
 __device__ __forceinline__ void consume(const WgmmaParams& p, uint32_t sQ, uint8_t* q_ptr, uint32_t sK0, uint32_t sV0,
-                                        uint32_t bar_q, uint32_t bar_full0, uint32_t bar_empty0, int h, int seq_begin,
+                                        uint32_t bar_q, uint32_t bar_full0, uint32_t bar_empty0, int h0, int seq_begin,
                                         int len, int q_start, int n_blocks, int warp, int lane) {
   using C = WgmmaConfig<D>;
   constexpr int BM = C::kBM, BN = C::kBN, ST = C::kStages;
   const int wg = warp / 4, wq = warp % 4, g = lane / 4, t = lane % 4;
-  const int warp_row0 = q_start + wg * 64 + wq * 16;  // position of this warp's first query
+  const int shift = p.pack_shift;
+  const int r0 = wg * 64 + wq * 16;  // this warp's first tile row
   const uint32_t sQ_wg = sQ + wg * 64 * 128;
   auto stage_k = [&](int it) { return sK0 + (it % ST) * C::kTileKV; };
   auto stage_v = [&](int it) { return sV0 + (it % ST) * C::kTileKV; };
@@ -187,7 +194,7 @@ __device__ __forceinline__ void consume(const WgmmaParams& p, uint32_t sQ, uint8
   pass_turn(wg);
   ptx::wgmma_wait<0>();
   ptx::fence_regs(sc);
-  causal_mask(sc, (n_blocks - 1) * BN, warp_row0, g, t);
+  causal_mask(sc, (n_blocks - 1) * BN, q_start, r0, shift, g, t);
   softmax_block(sc, row_max, row_sum, corr, p.scale_log2);
   pack_p(sc, pa);
   for (int it = 1; it < n_blocks; ++it) {
@@ -203,7 +210,7 @@ __device__ __forceinline__ void consume(const WgmmaParams& p, uint32_t sQ, uint8
     pass_turn(wg);
     ptx::wgmma_wait<1>();  // S(it) is done; P(it-1)·V(it-1) may still run
     ptx::fence_regs(sc);
-    causal_mask(sc, (n_blocks - 1 - it) * BN, warp_row0, g, t);
+    causal_mask(sc, (n_blocks - 1 - it) * BN, q_start, r0, shift, g, t);
     softmax_block(sc, row_max, row_sum, corr, p.scale_log2);
     ptx::wgmma_wait<0>();
     ptx::fence_regs(o);
@@ -241,7 +248,7 @@ __device__ __forceinline__ void consume(const WgmmaParams& p, uint32_t sQ, uint8
   constexpr int CH = D / 8;
   for (int idx = (warp % 4) * 32 + lane; idx < 64 * CH; idx += 128) {
     const int r = wg * 64 + idx / CH, cc = idx % CH;
-    const int pos = q_start + r;
+    const int pos = q_start + (r >> shift), h = h0 + (r & ((1 << shift) - 1));
     if (pos < len) {
       const int off = (cc / 8) * BM * 128 + r * 128 + (((cc % 8) ^ (r % 8)) << 4);
       *reinterpret_cast<uint4*>(p.out + (int64_t{seq_begin} + pos) * p.hq * D + int64_t{h} * D + cc * 8) =
@@ -250,8 +257,9 @@ __device__ __forceinline__ void consume(const WgmmaParams& p, uint32_t sQ, uint8
   }
 }
 
-// tm_q: [T, hq, D], tm_k / tm_v: [T, hkv, D] bf16 tensor maps with boxes of {64, 1, 128}.
-// grid: (hq * S, ceil(max_seq_len / 128)), counting query blocks down as in the mma kernel.
+// tm_q: [T, hq, D] with boxes of {64, P, 128 / P}, tm_k / tm_v: [T, hkv, D] with boxes of
+// {64, 1, 128}, all bf16 tensor maps. grid: (hq / P * S, ceil(max_seq_len * P / 128)), counting
+// query blocks down as in the mma kernel.
 template <int D>
 __global__ void __launch_bounds__(WgmmaConfig<D>::kThreads, 1)
     attention_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
@@ -261,15 +269,17 @@ __global__ void __launch_bounds__(WgmmaConfig<D>::kThreads, 1)
   using C = WgmmaConfig<D>;
   constexpr int BM = C::kBM, BN = C::kBN, ST = C::kStages;
 
-  const int h = blockIdx.x % p.hq;
-  const int s = blockIdx.x / p.hq;
+  const int head_groups = p.hq >> p.pack_shift;
+  const int h0 = (blockIdx.x % head_groups) << p.pack_shift;  // first of the tile's P query heads
+  const int s = blockIdx.x / head_groups;
   const int m_block = gridDim.y - 1 - blockIdx.y;
   const int seq_begin = p.seq_offsets[s];
   const int len = p.seq_offsets[s + 1] - seq_begin;
-  const int q_start = m_block * BM;
+  const int tile_tokens = BM >> p.pack_shift;
+  const int q_start = m_block * tile_tokens;
   if (q_start >= len) return;
-  const int hk = h / p.group;
-  const int n_blocks = (min(len, q_start + BM) + BN - 1) / BN;
+  const int hk = h0 / p.group;
+  const int n_blocks = (min(len, q_start + tile_tokens) + BN - 1) / BN;
 
   extern __shared__ uint8_t smem_raw[];
   const uint32_t raw_addr = ptx::smem_addr(smem_raw);
@@ -300,7 +310,7 @@ __global__ void __launch_bounds__(WgmmaConfig<D>::kThreads, 1)
       ptx::prefetch_tmap(&tm_v);
       ptx::mbar_arrive_expect_tx(bar_q, C::kTileQ);
       for (int pan = 0; pan < C::kPanels; ++pan)
-        ptx::tma_load_3d(sQ + pan * BM * 128, &tm_q, pan * 64, h, seq_begin + q_start, bar_q);
+        ptx::tma_load_3d(sQ + pan * BM * 128, &tm_q, pan * 64, h0, seq_begin + q_start, bar_q);
       for (int it = 0; it < n_blocks; ++it) {
         const int st = it % ST;
         if (it >= ST) ptx::mbar_wait(bar_empty0 + 8 * st, ((it / ST) - 1) & 1);
@@ -315,7 +325,7 @@ __global__ void __launch_bounds__(WgmmaConfig<D>::kThreads, 1)
     }
   } else {
     ptx::setmaxnreg_inc<C::kConsumerRegs>();
-    consume<D>(p, sQ, q_ptr, sK0, sV0, bar_q, bar_full0, bar_empty0, h, seq_begin, len, q_start, n_blocks, warp,
+    consume<D>(p, sQ, q_ptr, sK0, sV0, bar_q, bar_full0, bar_empty0, h0, seq_begin, len, q_start, n_blocks, warp,
                lane);
   }
 #else
