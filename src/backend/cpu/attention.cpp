@@ -47,7 +47,7 @@ std::vector<AttentionBlock> query_blocks(const AttentionArgs& a) {
 
 void attention_generic(const AttentionArgs& a) {
   const int d = a.d, group = a.hq / a.hkv;
-  const int64_t q_stride = int64_t{a.hq} * d, kv_stride = int64_t{a.hkv} * d;
+  const int64_t q_stride = q_row_stride(a), kv_stride = kv_row_stride(a), out_stride = int64_t{a.hq} * d;
 #pragma omp parallel
   {
     std::vector<float> qrow(d), acc(d), krow(d), scores;
@@ -74,7 +74,7 @@ void attention_generic(const AttentionArgs& a) {
           sum += p;
           for (int e = 0; e < d; ++e) acc[e] += p * element(a.v, j * kv_stride + int64_t{g} * d + e, a.bf16);
         }
-        const int64_t o = t * q_stride + int64_t{h} * d;
+        const int64_t o = t * out_stride + int64_t{h} * d;
         for (int e = 0; e < d; ++e) {
           const float y = acc[e] / sum;
           if (a.bf16) {

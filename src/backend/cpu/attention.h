@@ -11,17 +11,23 @@ namespace ember::cpu {
 inline constexpr int kAttnBlock = 64;
 
 struct AttentionArgs {
-  const void* q;  // [T, hq, d]
-  const void* k;  // [T, hkv, d]
-  const void* v;  // [T, hkv, d]
-  void* out;      // [T, hq, d]
+  const void* q;  // [T, hq, d], token rows q_row_stride() elements apart
+  const void* k;  // [T, hkv, d], token rows kv_row_stride() elements apart
+  const void* v;  // [T, hkv, d], token rows kv_row_stride() elements apart
+  void* out;      // [T, hq, d], contiguous
   bool bf16;      // element type of q/k/v/out: bf16 if true, else fp32
   int64_t tokens;
   int hq, hkv, d;
   const int32_t* seq_offsets;  // [sequences + 1]
   int64_t sequences;
   float scale;
+  // Elements between token rows of q, and of k and v; 0 means contiguous (hq * d, hkv * d). Larger
+  // when q, k and v are column blocks of one fused projection output.
+  int64_t q_stride = 0, kv_stride = 0;
 };
+
+inline int64_t q_row_stride(const AttentionArgs& a) { return a.q_stride > 0 ? a.q_stride : int64_t{a.hq} * a.d; }
+inline int64_t kv_row_stride(const AttentionArgs& a) { return a.kv_stride > 0 ? a.kv_stride : int64_t{a.hkv} * a.d; }
 
 // One block of queries of one sequence: rows [q0, q0 + kAttnBlock) clipped to seq_end.
 struct AttentionBlock {

@@ -107,7 +107,7 @@ void run_block(const AttentionArgs& a, const AttentionBlock& blk, int g, float* 
   const int d = a.d, half = a.d / 2, group = a.hq / a.hkv;
   const Buffers buf = carve(scratch, group, d);
   const int nq = static_cast<int>(min64(B, blk.seq_end - blk.q0));
-  const int64_t q_stride = int64_t{a.hq} * d, kv_stride = int64_t{a.hkv} * d;
+  const int64_t q_stride = q_row_stride(a), kv_stride = kv_row_stride(a);
   const uint16_t* q = static_cast<const uint16_t*>(a.q);
   const uint16_t* k = static_cast<const uint16_t*>(a.k);
   const uint16_t* v = static_cast<const uint16_t*>(a.v);
