@@ -71,12 +71,17 @@ void fill_activation(Tensor& t, uint64_t seed) {
 }
 
 struct Layer {
-  Tensor input_norm, q, k, v, o, q_norm, k_norm, post_norm, gate, up, down;
+  Tensor input_norm, qkv, o, q_norm, k_norm, post_norm, gate_up, down;  // qkv, gate_up stacked
 };
 
 Layer make_layer(Backend& b, uint64_t seed) {
   auto mat = [&](int64_t n, int64_t k, uint64_t s) {
     return b.load_weight(random_host({n, k}, seed * 16 + s, 1.0f / 32), WeightKind::Matrix);
+  };
+  auto stacked = [&](const std::vector<int64_t>& ns, int64_t k, uint64_t s) {
+    std::vector<Tensor> hosts;
+    for (int64_t n : ns) hosts.push_back(random_host({n, k}, seed * 16 + s++, 1.0f / 32));
+    return b.load_stacked_weight(hosts);
   };
   auto vec = [&](int64_t n, uint64_t s) {
     Tensor t = random_host({n}, seed * 16 + s, 0.1f);
@@ -84,33 +89,27 @@ Layer make_layer(Backend& b, uint64_t seed) {
     return b.load_weight(t, WeightKind::Vector);
   };
   return {vec(kHidden, 0),
-          mat(kHeads * kHeadDim, kHidden, 1),
-          mat(kKvHeads * kHeadDim, kHidden, 2),
-          mat(kKvHeads * kHeadDim, kHidden, 3),
+          stacked({kHeads * kHeadDim, kKvHeads * kHeadDim, kKvHeads * kHeadDim}, kHidden, 1),
           mat(kHidden, kHeads * kHeadDim, 4),
           vec(kHeadDim, 5),
           vec(kHeadDim, 6),
           vec(kHidden, 7),
-          mat(kInter, kHidden, 8),
-          mat(kInter, kHidden, 9),
+          stacked({kInter, kInter}, kHidden, 8),
           mat(kHidden, kInter, 10)};
 }
 
 struct Acts {
-  Tensor residual, normed, q, k, v, attn, attn_out, gate, up, act, mlp_out;
+  Tensor residual, normed, qkv, attn, attn_out, gate_up, act, mlp_out;
 };
 
 Acts make_acts(Backend& b, int64_t T) {
   const DType a = b.activation_dtype();
   Acts x{b.allocate(a, {T, kHidden}),
          b.allocate(a, {T, kHidden}),
-         b.allocate(a, {T, kHeads, kHeadDim}),
-         b.allocate(a, {T, kKvHeads, kHeadDim}),
-         b.allocate(a, {T, kKvHeads, kHeadDim}),
+         b.allocate(a, {T, kHeads + 2 * kKvHeads, kHeadDim}),
          b.allocate(a, {T, kHeads, kHeadDim}),
          b.allocate(a, {T, kHidden}),
-         b.allocate(a, {T, kInter}),
-         b.allocate(a, {T, kInter}),
+         b.allocate(a, {T, 2 * kInter}),
          b.allocate(a, {T, kInter}),
          b.allocate(a, {T, kHidden})};
   fill_activation(x.residual, 1);
@@ -137,26 +136,20 @@ void run_layer(Backend& b, const Layer& l, Acts& x, bool first, const std::funct
     b.add_rms_norm(x.residual, x.mlp_out, l.input_norm, eps, x.normed);
   }
   done("add_rms_norm (input)");
-  Tensor q2 = flat(x.q), k2 = flat(x.k), v2 = flat(x.v);
-  b.linear(x.normed, l.q, q2);
-  done("linear q");
-  b.linear(x.normed, l.k, k2);
-  done("linear k");
-  b.linear(x.normed, l.v, v2);
-  done("linear v");
-  b.qk_norm_rope(x.q, x.k, l.q_norm, l.k_norm, eps, 1e6f);
+  Tensor qkv2 = flat(x.qkv);
+  b.linear(x.normed, l.qkv, qkv2);
+  done("linear qkv");
+  b.qk_norm_rope(x.qkv, kHeads, l.q_norm, l.k_norm, eps, 1e6f);
   done("qk_norm_rope");
-  b.attention(x.q, x.k, x.v, x.attn);
+  b.attention(x.qkv, x.attn);
   done("attention");
   b.linear(flat(x.attn), l.o, x.attn_out);
   done("linear o");
   b.add_rms_norm(x.residual, x.attn_out, l.post_norm, eps, x.normed);
   done("add_rms_norm (post)");
-  b.linear(x.normed, l.gate, x.gate);
-  done("linear gate");
-  b.linear(x.normed, l.up, x.up);
-  done("linear up");
-  b.swiglu(x.gate, x.up, x.act);
+  b.linear(x.normed, l.gate_up, x.gate_up);
+  done("linear gate_up");
+  b.swiglu(x.gate_up, x.act);
   done("swiglu");
   b.linear(x.act, l.down, x.mlp_out);
   done("linear down");
@@ -209,11 +202,10 @@ void bench_precision(Precision p, const Options& o) {
     Tensor* in;
     Tensor out;
   };
-  const L lins[] = {{"q    1024->2048", &layer.q, &x.normed, flat(x.q)},
-                    {"k    1024->1024", &layer.k, &x.normed, flat(x.k)},
-                    {"o    2048->1024", &layer.o, &x.attn, x.attn_out},
-                    {"gate 1024->3072", &layer.gate, &x.normed, x.gate},
-                    {"down 3072->1024", &layer.down, &x.act, x.mlp_out}};
+  const L lins[] = {{"qkv     1024->4096", &layer.qkv, &x.normed, flat(x.qkv)},
+                    {"o       2048->1024", &layer.o, &x.attn, x.attn_out},
+                    {"gate_up 1024->6144", &layer.gate_up, &x.normed, x.gate_up},
+                    {"down    3072->1024", &layer.down, &x.act, x.mlp_out}};
   for (const L& l : lins) {
     Tensor out = l.out;
     const Tensor in = flat(*l.in);
@@ -228,13 +220,10 @@ void bench_precision(Precision p, const Options& o) {
     const PackedBatch ab_batch = make_batch(len * count, len);
     ab->set_batch(ab_batch);
     const DType a = ab->activation_dtype();
-    Tensor q = ab->allocate(a, {len * count, kHeads, kHeadDim}), k = ab->allocate(a, {len * count, kKvHeads, kHeadDim});
-    Tensor v = ab->allocate(a, {len * count, kKvHeads, kHeadDim}),
-           out = ab->allocate(a, {len * count, kHeads, kHeadDim});
-    fill_activation(q, 3);
-    fill_activation(k, 4);
-    fill_activation(v, 5);
-    const double t = time_best([&] { ab->attention(q, k, v, out); });
+    Tensor qkv = ab->allocate(a, {len * count, kHeads + 2 * kKvHeads, kHeadDim});
+    Tensor out = ab->allocate(a, {len * count, kHeads, kHeadDim});
+    fill_activation(qkv, 3);
+    const double t = time_best([&] { ab->attention(qkv, out); });
     fmt::print("  {} x {:4} tokens  {:8.3f} ms  {:6.0f} GFLOP/s\n", count, len, t * 1e3,
                attention_flop(ab_batch) / t / 1e9);
   }
@@ -244,8 +233,8 @@ void bench_precision(Precision p, const Options& o) {
   const std::pair<const char*, std::function<void()>> rows[] = {
       {"rms_norm [T,1024]     ", [&] { b->rms_norm(x.residual, layer.input_norm, eps, x.normed); }},
       {"add_rms_norm [T,1024] ", [&] { b->add_rms_norm(x.residual, x.mlp_out, layer.post_norm, eps, x.normed); }},
-      {"qk_norm_rope          ", [&] { b->qk_norm_rope(x.q, x.k, layer.q_norm, layer.k_norm, eps, 1e6f); }},
-      {"swiglu [T,3072]       ", [&] { b->swiglu(x.gate, x.up, x.act); }},
+      {"qk_norm_rope          ", [&] { b->qk_norm_rope(x.qkv, kHeads, layer.q_norm, layer.k_norm, eps, 1e6f); }},
+      {"swiglu [T,3072]       ", [&] { b->swiglu(x.gate_up, x.act); }},
   };
   for (const auto& [name, fn] : rows) fmt::print("  {} {:7.3f} ms\n", name, time_best(fn) * 1e3);
 

@@ -207,6 +207,52 @@ TEST_P(BothPrecisions, LinearMatchesReferenceForEveryWeightDtype) {
   }
 }
 
+// A stacked weight's output is its parts' outputs side by side, whether the parts lie apart or
+// back to back in memory (then, already in the compute type, they are used as they are).
+TEST_P(BothPrecisions, StackedLinearIsItsPartsSideBySide) {
+  const Precision p = GetParam();
+  auto b = backend(p);
+  const int64_t t = 13, k = 40;
+  const std::vector<int64_t> rows = {24, 8, 8};
+  for (const DType wdt : {DType::F32, DType::F16, DType::BF16}) {
+    for (const bool back_to_back : {false, true}) {
+      std::vector<Tensor> hosts;
+      const Tensor whole = host_tensor(wdt, {40, k}, random_values(size_t(40 * k), 50));
+      int64_t row0 = 0;
+      for (size_t i = 0; i < rows.size(); ++i) {
+        if (back_to_back) {
+          Tensor view = whole;
+          view.shape = {rows[i], k};
+          view.data = static_cast<char*>(whole.data) + row0 * k * dtype_size(wdt);
+          hosts.push_back(view);
+        } else {
+          hosts.push_back(host_tensor(wdt, {rows[i], k}, random_values(size_t(rows[i] * k), 51 + uint32_t(i))));
+        }
+        row0 += rows[i];
+      }
+      const Tensor w = b->load_stacked_weight(hosts);
+      const bool in_place = wdt == (p == Precision::Fast ? DType::BF16 : DType::F32);
+      EXPECT_EQ(w.data == whole.data, back_to_back && in_place) << dtype_name(wdt);
+      ASSERT_EQ(w.shape, (std::vector<int64_t>{40, k}));
+      const Tensor x = activation(*b, {t, k}, random_values(size_t(t * k), 8));
+      Tensor out = b->allocate(b->activation_dtype(), {t, 40});
+      b->linear(x, w, out);
+      const Values got = values_of(out);
+      int64_t col = 0;
+      for (const Tensor& host : hosts) {
+        const Tensor part = b->load_weight(host, WeightKind::Matrix);
+        Tensor alone = b->allocate(b->activation_dtype(), {t, host.dim(0)});
+        b->linear(x, part, alone);
+        const Values want = values_of(alone);
+        for (int64_t r = 0; r < t; ++r)
+          for (int64_t c = 0; c < host.dim(0); ++c)
+            ASSERT_EQ(got[r * 40 + col + c], want[r * host.dim(0) + c]) << dtype_name(wdt) << " row " << r;
+        col += host.dim(0);
+      }
+    }
+  }
+}
+
 TEST(CpuBackend, MatrixWeightsAreAliasedWhenAlreadyInTheComputeType) {
   const Tensor f32 = host_tensor(DType::F32, {4, 8}, random_values(32, 1));
   const Tensor bf = host_tensor(DType::BF16, {4, 8}, random_values(32, 1));
@@ -300,14 +346,25 @@ TEST_P(BothPrecisions, QkNormRopeAtSmallAndLargePositions) {
         b->load_weight(host_tensor(DType::F32, {d}, random_values(size_t(d), 9, 0.5f, 1.5f)), WeightKind::Vector);
     const Tensor kn =
         b->load_weight(host_tensor(DType::F32, {d}, random_values(size_t(d), 10, 0.5f, 1.5f)), WeightKind::Vector);
-    Tensor q = activation(*b, {T, hq, d}, random_values(size_t(T * hq * d), 11, -2.0f, 2.0f));
-    Tensor k = activation(*b, {T, hkv, d}, random_values(size_t(T * hkv * d), 12, -2.0f, 2.0f));
-    const Values q0 = values_of(q), k0 = values_of(k);
-    b->qk_norm_rope(q, k, qn, kn, 1e-6f, 1e6f);
-    expect_close(values_of(q), ref_norm_rope(q0, values_of(qn), batch.positions, hq, 1e-6, 1e6), p, 2e-5, 2e-2,
-                 "q d=" + std::to_string(d));
-    expect_close(values_of(k), ref_norm_rope(k0, values_of(kn), batch.positions, hkv, 1e-6, 1e6), p, 2e-5, 2e-2,
-                 "k d=" + std::to_string(d));
+    const int64_t heads = hq + 2 * hkv;
+    Tensor qkv = activation(*b, {T, heads, d}, random_values(size_t(T * heads * d), 11, -2.0f, 2.0f));
+    const Values before = values_of(qkv);
+    b->qk_norm_rope(qkv, hq, qn, kn, 1e-6f, 1e6f);
+    const Values after = values_of(qkv);
+    // Columns [h0, h0 + n) heads of every token row of a [T, heads, d] array.
+    auto heads_of = [&](const Values& v, int64_t h0, int64_t n) {
+      Values out;
+      for (int64_t t = 0; t < T; ++t)
+        out.insert(out.end(), v.begin() + (t * heads + h0) * d, v.begin() + (t * heads + h0 + n) * d);
+      return out;
+    };
+    expect_close(heads_of(after, 0, hq), ref_norm_rope(heads_of(before, 0, hq), values_of(qn), batch.positions, hq,
+                                                      1e-6, 1e6),
+                 p, 2e-5, 2e-2, "q d=" + std::to_string(d));
+    expect_close(heads_of(after, hq, hkv),
+                 ref_norm_rope(heads_of(before, hq, hkv), values_of(kn), batch.positions, hkv, 1e-6, 1e6), p, 2e-5,
+                 2e-2, "k d=" + std::to_string(d));
+    EXPECT_EQ(heads_of(after, hq + hkv, hkv), heads_of(before, hq + hkv, hkv)) << "v changed, d=" << d;
   }
 }
 
@@ -317,13 +374,22 @@ TEST_P(BothPrecisions, SwiGlu) {
   const int64_t n = 3 * 7001;
   Values gv = random_values(size_t(n), 13, -20.0f, 20.0f);
   for (int64_t i = 0; i < n; i += 97) gv[i] = (i % 2 ? 1.0f : -1.0f) * float(80 + i % 50);  // saturated exp
-  const Tensor gate = activation(*b, {3, 7001}, gv);
-  const Tensor up = activation(*b, {3, 7001}, random_values(size_t(n), 14, -2.0f, 2.0f));
+  const Values uv = random_values(size_t(n), 14, -2.0f, 2.0f);
+  // gate_up rows: a row's 7001 gate values, then its 7001 up values.
+  Values guv;
+  for (int64_t r = 0; r < 3; ++r) {
+    guv.insert(guv.end(), gv.begin() + r * 7001, gv.begin() + (r + 1) * 7001);
+    guv.insert(guv.end(), uv.begin() + r * 7001, uv.begin() + (r + 1) * 7001);
+  }
+  const Tensor gate_up = activation(*b, {3, 2 * 7001}, guv);
   Tensor out = b->allocate(b->activation_dtype(), {3, 7001});
-  b->swiglu(gate, up, out);
-  const Values g = values_of(gate), u = values_of(up);
+  b->swiglu(gate_up, out);
+  const Values stored = values_of(gate_up);
   std::vector<double> want(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) want[i] = g[i] / (1.0 + std::exp(-double(g[i]))) * u[i];
+  for (int64_t i = 0; i < n; ++i) {
+    const double g = stored[i / 7001 * 2 * 7001 + i % 7001], u = stored[i / 7001 * 2 * 7001 + 7001 + i % 7001];
+    want[i] = g / (1.0 + std::exp(-g)) * u;
+  }
   expect_close(b->to_host_f32(out), want, p, 1e-5, 1e-3, "swiglu");
 }
 
@@ -352,6 +418,21 @@ struct AttnInputs {
   Tensor q, k, v;
 };
 
+// q, k and v side by side in each token row, as the fused projection leaves them for attention().
+Tensor fused_qkv(Backend& b, const Tensor& q, const Tensor& k, const Tensor& v) {
+  const int64_t T = q.dim(0), hq = q.dim(1), hkv = k.dim(1), d = q.dim(2);
+  const size_t es = dtype_size(q.dtype);
+  Tensor qkv = b.allocate(q.dtype, {T, hq + 2 * hkv, d});
+  char* dst = static_cast<char*>(qkv.data);
+  for (int64_t t = 0; t < T; ++t) {
+    std::memcpy(dst, static_cast<const char*>(q.data) + t * hq * d * es, hq * d * es);
+    std::memcpy(dst + hq * d * es, static_cast<const char*>(k.data) + t * hkv * d * es, hkv * d * es);
+    std::memcpy(dst + (hq + hkv) * d * es, static_cast<const char*>(v.data) + t * hkv * d * es, hkv * d * es);
+    dst += (hq + 2 * hkv) * d * es;
+  }
+  return qkv;
+}
+
 AttnInputs attention_inputs(Backend& b, int64_t T, int hq, int hkv, int d, uint32_t seed) {
   // q scaled up so some softmax rows are sharp, not just near-uniform.
   return {activation(b, {T, hq, d}, random_values(size_t(T * hq * d), seed, -3.0f, 3.0f)),
@@ -371,7 +452,7 @@ TEST_P(BothPrecisions, AttentionMatchesReferenceOverOddShapes) {
     b->set_batch(batch);
     const AttnInputs in = attention_inputs(*b, batch.tokens(), c.hq, c.hkv, c.d, 20);
     Tensor out = b->allocate(b->activation_dtype(), {batch.tokens(), c.hq, c.d});
-    b->attention(in.q, in.k, in.v, out);
+    b->attention(fused_qkv(*b, in.q, in.k, in.v), out);
     const auto want =
         ref_attention(values_of(in.q), values_of(in.k), values_of(in.v), batch.seq_offsets, c.hq, c.hkv, c.d);
     const std::string what = "T=" + std::to_string(batch.tokens()) + " hq=" + std::to_string(c.hq) +
@@ -391,11 +472,22 @@ TEST_P(BothPrecisions, AttentionMatchesReferenceOverOddShapes) {
                             batch.seq_offsets.data(),
                             batch.sequences(),
                             1.0f / std::sqrt(float(c.d))};
+    // ... also reading q, k and v as column blocks of one fused row, as the backend does.
+    const Tensor fused = fused_qkv(*b, in.q, in.k, in.v);
+    const size_t es = dtype_size(fused.dtype);
+    cpu::AttentionArgs strided = args;
+    strided.q = fused.data;
+    strided.k = static_cast<const char*>(fused.data) + c.hq * c.d * es;
+    strided.v = static_cast<const char*>(fused.data) + (c.hq + c.hkv) * c.d * es;
+    strided.q_stride = strided.kv_stride = int64_t{c.hq + 2 * c.hkv} * c.d;
     for (const cpu::AttentionKernel kernel : cpu::attention_kernels(args)) {
-      Tensor other = b->allocate(b->activation_dtype(), {batch.tokens(), c.hq, c.d});
-      args.out = other.data;
-      cpu::attention(args, kernel);
-      expect_close(values_of(other), want, p, 1e-5, 2e-3, "kernel " + std::to_string(int(kernel)) + " " + what);
+      for (cpu::AttentionArgs* a : {&args, &strided}) {
+        Tensor other = b->allocate(b->activation_dtype(), {batch.tokens(), c.hq, c.d});
+        a->out = other.data;
+        cpu::attention(*a, kernel);
+        expect_close(values_of(other), want, p, 1e-5, 2e-3,
+                     "kernel " + std::to_string(int(kernel)) + (a == &strided ? " strided " : " ") + what);
+      }
     }
   }
 }
@@ -437,7 +529,7 @@ TEST_P(BothPrecisions, AttentionIsCausalAndSequencesDoNotSeeEachOther) {
   const int64_t T = batch.tokens(), row = int64_t{hq} * d, kv_row = int64_t{hkv} * d;
   AttnInputs in = attention_inputs(*b, T, hq, hkv, d, 40);
   Tensor base = b->allocate(b->activation_dtype(), {T, hq, d});
-  b->attention(in.q, in.k, in.v, base);
+  b->attention(fused_qkv(*b, in.q, in.k, in.v), base);
   const Values before = values_of(base);
 
   // Overwrite token 50 of sequence 0 (q, k and v) and all of sequence 2.
@@ -452,7 +544,7 @@ TEST_P(BothPrecisions, AttentionIsCausalAndSequencesDoNotSeeEachOther) {
   scramble(in.k, 75, 165, kv_row, 44);
   scramble(in.v, 75, 165, kv_row, 45);
   Tensor after_t = b->allocate(b->activation_dtype(), {T, hq, d});
-  b->attention(in.q, in.k, in.v, after_t);
+  b->attention(fused_qkv(*b, in.q, in.k, in.v), after_t);
   const Values after = values_of(after_t);
 
   for (int64_t i = 0; i < 50 * row; ++i) ASSERT_EQ(after[i], before[i]) << "earlier token changed, element " << i;
@@ -469,7 +561,7 @@ TEST_P(BothPrecisions, AttentionIsCausalAndSequencesDoNotSeeEachOther) {
   std::memcpy(k1.data, static_cast<char*>(in.k.data) + 70 * kv_row * es, k1.nbytes());
   std::memcpy(v1.data, static_cast<char*>(in.v.data) + 70 * kv_row * es, v1.nbytes());
   Tensor out1 = b->allocate(b->activation_dtype(), {5, hq, d});
-  b->attention(q1, k1, v1, out1);
+  b->attention(fused_qkv(*b, q1, k1, v1), out1);
   const Values single = values_of(out1);
   for (int64_t i = 0; i < 5 * row; ++i) ASSERT_EQ(single[i], before[70 * row + i]);
 }

@@ -208,6 +208,51 @@ TEST_F(CudaParity, LinearForEveryWeightDtype) {
   }
 }
 
+// A stacked weight's output is its parts' outputs side by side, on both backends; parts of
+// sizes that are no multiple of any tile, from every checkpoint dtype.
+TEST_F(CudaParity, StackedLinearIsItsPartsSideBySide) {
+  struct Shape {
+    int64_t t, k;
+    std::vector<int64_t> parts;
+  };
+  for (const Shape& s : {Shape{1, 64, {32, 16, 16}}, Shape{7, 96, {160, 40, 40}}, Shape{33, 2560, {4096, 1024, 1024}},
+                         Shape{517, 128, {200, 200}}, Shape{3, 2560, {9728, 9728}}}) {
+    for (const DType dt : kWeightDtypes) {
+      std::string what = "stacked linear t=" + std::to_string(s.t) + " k=" + std::to_string(s.k) + " " + name(dt);
+      std::vector<Tensor> hosts;
+      int64_t n = 0;
+      for (size_t i = 0; i < s.parts.size(); ++i) {
+        const int64_t rows = s.parts[i];
+        hosts.push_back(host_tensor(dt, {rows, s.k}, random_values(size_t(rows * s.k), 30 + uint32_t(i), -0.1f, 0.1f)));
+        n += rows;
+      }
+      const Pair w{cpu_->load_stacked_weight(hosts), gpu_->load_stacked_weight(hosts)};
+      ASSERT_EQ(w.gpu.shape, (std::vector<int64_t>{n, s.k})) << what;
+      const Pair x = activation({s.t, s.k}, random_values(size_t(s.t * s.k), 8));
+      Pair out = empty({s.t, n});
+      cpu_->linear(x.cpu, w.cpu, out.cpu);
+      gpu_->linear(x.gpu, w.gpu, out.gpu);
+      expect_match(out, what);
+
+      // The same values as each part's own linear(), in its column block.
+      const Values stacked = gpu_->to_host_f32(out.gpu);
+      int64_t col = 0;
+      for (size_t i = 0; i < hosts.size(); ++i) {
+        const int64_t rows = hosts[i].dim(0);
+        const Tensor part = gpu_->load_weight(hosts[i], WeightKind::Matrix);
+        Tensor alone = gpu_->allocate(DType::BF16, {s.t, rows});
+        gpu_->linear(x.gpu, part, alone);
+        const Values a = gpu_->to_host_f32(alone);
+        int bad = 0;
+        for (int64_t r = 0; r < s.t; ++r)
+          for (int64_t c = 0; c < rows; ++c) bad += a[r * rows + c] != stacked[r * n + col + c];
+        EXPECT_EQ(bad, 0) << what << ": part " << i << " differs from its own linear()";
+        col += rows;
+      }
+    }
+  }
+}
+
 TEST_F(CudaParity, QkNormRopeOverHeadDimsAndGqaRatios) {
   struct Heads {
     int hq, hkv;
@@ -224,13 +269,20 @@ TEST_F(CudaParity, QkNormRopeOverHeadDimsAndGqaRatios) {
           const int64_t T = b.tokens();
           const Pair qn = weight(DType::BF16, {d}, random_values(size_t(d), 9, 0.5f, 1.5f), WeightKind::Vector);
           const Pair kn = weight(DType::F32, {d}, random_values(size_t(d), 10, 0.5f, 1.5f), WeightKind::Vector);
-          Pair q = activation({T, h.hq, d}, random_values(size_t(T * h.hq * d), 11, -2.0f, 2.0f));
-          Pair k = activation({T, h.hkv, d}, random_values(size_t(T * h.hkv * d), 12, -2.0f, 2.0f));
-          cpu_->qk_norm_rope(q.cpu, k.cpu, qn.cpu, kn.cpu, 1e-6f, theta);
-          gpu_->qk_norm_rope(q.gpu, k.gpu, qn.gpu, kn.gpu, 1e-6f, theta);
+          const int64_t heads = h.hq + 2 * h.hkv;
+          const Values before = random_values(size_t(T * heads * d), 11, -2.0f, 2.0f);
+          Pair qkv = activation({T, heads, d}, before);
+          cpu_->qk_norm_rope(qkv.cpu, h.hq, qn.cpu, kn.cpu, 1e-6f, theta);
+          gpu_->qk_norm_rope(qkv.gpu, h.hq, qn.gpu, kn.gpu, 1e-6f, theta);
           // Rotation mixes two rounded-differently products: allow two bf16 steps.
-          expect_match(q, "qk_norm_rope q " + what, 2.0);
-          expect_match(k, "qk_norm_rope k " + what, 2.0);
+          expect_match(qkv, "qk_norm_rope " + what, 2.0);
+          // v heads stay as they were.
+          const Values after = gpu_->to_host_f32(qkv.gpu);
+          int moved = 0;
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t i = (h.hq + h.hkv) * d; i < heads * d; ++i)
+              moved += after[t * heads * d + i] != bf16_to_f32(f32_to_bf16(before[t * heads * d + i]));
+          EXPECT_EQ(moved, 0) << "qk_norm_rope changed v heads, " << what;
         }
       }
     }
@@ -238,13 +290,44 @@ TEST_F(CudaParity, QkNormRopeOverHeadDimsAndGqaRatios) {
 }
 
 TEST_F(CudaParity, Swiglu) {
-  for (const int64_t n : {int64_t{1}, int64_t{7}, int64_t{33 * 128}, int64_t{1000 * 96 + 3}}) {
-    const Pair gate = activation({n}, random_values(size_t(n), 13, -8.0f, 8.0f));
-    const Pair up = activation({n}, random_values(size_t(n), 14, -2.0f, 2.0f));
-    Pair out = empty({n});
-    cpu_->swiglu(gate.cpu, up.cpu, out.cpu);
-    gpu_->swiglu(gate.gpu, up.gpu, out.gpu);
-    expect_match(out, "swiglu n=" + std::to_string(n));
+  for (const int64_t rows : {1, 3, 517}) {
+    for (const int64_t n : {int64_t{1}, int64_t{7}, int64_t{33 * 128}, int64_t{9728}, int64_t{3001}}) {
+      Values v = random_values(size_t(rows * 2 * n), 13, -8.0f, 8.0f);
+      const Pair gate_up = activation({rows, 2 * n}, v);
+      Pair out = empty({rows, n});
+      cpu_->swiglu(gate_up.cpu, out.cpu);
+      gpu_->swiglu(gate_up.gpu, out.gpu);
+      expect_match(out, "swiglu rows=" + std::to_string(rows) + " n=" + std::to_string(n));
+    }
+  }
+}
+
+// Attention from the fused q/k/v projection output on both backends: odd lengths, GQA ratios
+// 1/2/4/8, the mma (head_dim 32) and wgmma (64, 128) kernels, packed short sequences.
+TEST_F(CudaParity, AttentionFromFusedQkv) {
+  struct Heads {
+    int hq, hkv;
+  };
+  for (const int d : {32, 64, 128}) {
+    for (const Heads h : {Heads{4, 4}, Heads{4, 2}, Heads{8, 2}, Heads{6, 2}, Heads{16, 2}}) {
+      for (const auto& lengths : std::vector<std::vector<int>>{{1}, {1, 7, 33, 100, 129}, {32, 32, 32, 31}, {300}}) {
+        const PackedBatch b = batch_of_lengths(lengths, 100);
+        set_batch(b);
+        const int64_t T = b.tokens(), heads = h.hq + 2 * h.hkv;
+        const Pair qkv = activation({T, heads, d}, random_values(size_t(T * heads * d), 19, -2.0f, 2.0f));
+        Pair out = empty({T, h.hq, d});
+        cpu_->attention(qkv.cpu, out.cpu);
+        gpu_->attention(qkv.gpu, out.gpu);
+        const Values c = cpu_->to_host_f32(out.cpu), g = gpu_->to_host_f32(out.gpu);
+        int bad = 0;
+        for (size_t i = 0; i < c.size(); ++i) {
+          // Both round P to bf16 for P·V at different points, and the output to bf16.
+          if (!(std::fabs(double{c[i]} - g[i]) <= 1e-2 + 2e-2 * std::fabs(c[i])) && ++bad <= 5)
+            ADD_FAILURE() << "element " << i << ": cuda " << g[i] << ", cpu " << c[i];
+        }
+        EXPECT_EQ(bad, 0) << "attention d=" << d << " hq=" << h.hq << " hkv=" << h.hkv << " T=" << T;
+      }
+    }
   }
 }
 

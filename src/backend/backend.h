@@ -41,6 +41,10 @@ class Backend {
   // Makes a host weight (usually a view into a mapped safetensors file) usable by this backend.
   // Aliases the host memory when the backend can use it in place.
   virtual Tensor load_weight(const Tensor& host, WeightKind kind) = 0;
+  // Matrices that always multiply the same input (hosts: [n_i, in] each) as one stacked
+  // [sum of n_i, in] weight for linear(), whose output rows then hold the parts' outputs side by
+  // side: one GEMM instead of several (the model stacks q/k/v and gate/up).
+  virtual Tensor load_stacked_weight(const std::vector<Tensor>& hosts) = 0;
   virtual Tensor allocate(DType dtype, std::vector<int64_t> shape) = 0;
 
   // Makes `batch` the current batch: the ops below read its ids, positions and offsets.
@@ -54,15 +58,17 @@ class Backend {
   virtual void add_rms_norm(Tensor& residual, const Tensor& x, const Tensor& w, float eps, Tensor& out) = 0;
   // out: [T, N] = x: [T, K] · w: [N, K]^T
   virtual void linear(const Tensor& x, const Tensor& w, Tensor& out) = 0;
-  // q: [T, Hq, D], k: [T, Hkv, D], in place: per-head RMSNorm with q_norm/k_norm: [D], then
-  // rotate-half RoPE at each token's position with base `theta`.
-  virtual void qk_norm_rope(Tensor& q, Tensor& k, const Tensor& q_norm, const Tensor& k_norm, float eps,
+  // qkv: [T, Hq + 2 Hkv, D], each token's q heads, then k heads, then v heads (the output of the
+  // stacked q/k/v projection). In place on the q and k heads: per-head RMSNorm with
+  // q_norm/k_norm: [D], then rotate-half RoPE at each token's position with base `theta`.
+  virtual void qk_norm_rope(Tensor& qkv, int64_t q_heads, const Tensor& q_norm, const Tensor& k_norm, float eps,
                             float theta) = 0;
   // Causal grouped-query attention inside each packed sequence, softmax scale 1/sqrt(D).
-  // q: [T, Hq, D], k, v: [T, Hkv, D], out: [T, Hq, D]
-  virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out) = 0;
-  // out: [T, I] = silu(gate: [T, I]) * up: [T, I]; out may be gate itself (in place)
-  virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
+  // qkv: [T, Hq + 2 Hkv, D] as for qk_norm_rope, out: [T, Hq, D]
+  virtual void attention(const Tensor& qkv, Tensor& out) = 0;
+  // out: [T, I] = silu(gate) * up, gate_up: [T, 2 I] holding each token's gate, then its up
+  // (the output of the stacked gate/up projection)
+  virtual void swiglu(const Tensor& gate_up, Tensor& out) = 0;
   // out: [S, n] = x: [T, n] at the last token of each sequence
   virtual void gather_last_tokens(const Tensor& x, Tensor& out) = 0;
   // Copies a tensor to host memory as fp32.

@@ -23,6 +23,16 @@ Tensor as_matrix(const Tensor& t) {
   return m;
 }
 
+// A tensor of `shape` in the memory of `buffer` starting `offset` elements in, or an empty
+// tensor if it does not fit.
+Tensor carve(const Tensor& buffer, int64_t offset, std::vector<int64_t> shape) {
+  Tensor view = buffer;
+  view.shape = std::move(shape);
+  if (offset + view.numel() > buffer.numel()) return Tensor{};
+  view.data = static_cast<char*>(buffer.data) + offset * static_cast<int64_t>(dtype_size(buffer.dtype));
+  return view;
+}
+
 }  // namespace
 
 Qwen3Model::Qwen3Model(const ModelConfig& config, const WeightStore& weights, Backend& backend,
@@ -33,30 +43,33 @@ Qwen3Model::Qwen3Model(const ModelConfig& config, const WeightStore& weights, Ba
   auto load = [&](const std::string& name, std::vector<int64_t> shape, WeightKind kind) {
     return backend_.load_weight(weights.get(name, shape), kind);
   };
+  auto stacked = [&](const std::string& prefix, const std::vector<std::pair<std::string, int64_t>>& parts, int64_t in) {
+    std::vector<Tensor> hosts;
+    for (const auto& [name, n] : parts) hosts.push_back(weights.get(prefix + name + ".weight", {n, in}));
+    return backend_.load_stacked_weight(hosts);
+  };
   embed_tokens_ = load("embed_tokens.weight", {config.vocab_size, H}, WeightKind::EmbeddingTable);
   layers_.reserve(config.num_hidden_layers);
   for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
     Layer layer;
     layer.input_norm = load(p + "input_layernorm.weight", {H}, WeightKind::Vector);
-    layer.q_proj = load(p + "self_attn.q_proj.weight", {q_dim, H}, WeightKind::Matrix);
-    layer.k_proj = load(p + "self_attn.k_proj.weight", {kv_dim, H}, WeightKind::Matrix);
-    layer.v_proj = load(p + "self_attn.v_proj.weight", {kv_dim, H}, WeightKind::Matrix);
+    layer.qkv_proj = stacked(p + "self_attn.", {{"q_proj", q_dim}, {"k_proj", kv_dim}, {"v_proj", kv_dim}}, H);
     layer.o_proj = load(p + "self_attn.o_proj.weight", {H, q_dim}, WeightKind::Matrix);
     layer.q_norm = load(p + "self_attn.q_norm.weight", {D}, WeightKind::Vector);
     layer.k_norm = load(p + "self_attn.k_norm.weight", {D}, WeightKind::Vector);
     layer.post_attention_norm = load(p + "post_attention_layernorm.weight", {H}, WeightKind::Vector);
-    layer.gate_proj = load(p + "mlp.gate_proj.weight", {I, H}, WeightKind::Matrix);
-    layer.up_proj = load(p + "mlp.up_proj.weight", {I, H}, WeightKind::Matrix);
+    layer.gate_up_proj = stacked(p + "mlp.", {{"gate_proj", I}, {"up_proj", I}}, H);
     layer.down_proj = load(p + "mlp.down_proj.weight", {H, I}, WeightKind::Matrix);
     layers_.push_back(std::move(layer));
   }
   final_norm_ = load("norm.weight", {H}, WeightKind::Vector);
 
-  tokens_ = allocate_token_buffers(max_batch_tokens_);
   const DType a = backend_.activation_dtype();
-  mlp_.gate = backend_.allocate(a, {max_batch_tokens_, I});
-  mlp_.up = backend_.allocate(a, {max_batch_tokens_, I});
+  mlp_.gate_up = backend_.allocate(a, {max_batch_tokens_, 2 * I});
+  // act: [tokens, I] views; also the [S, H] scratch of the final gather, so at least H wide.
+  mlp_.act = backend_.allocate(a, {max_batch_tokens_ * std::max(I, H)});
+  tokens_ = allocate_token_buffers(max_batch_tokens_);
 }
 
 Qwen3Model::TokenBuffers Qwen3Model::allocate_token_buffers(int64_t tokens) {
@@ -66,12 +79,14 @@ Qwen3Model::TokenBuffers Qwen3Model::allocate_token_buffers(int64_t tokens) {
   TokenBuffers b;
   b.residual = backend_.allocate(a, {tokens, H});
   b.normed = backend_.allocate(a, {tokens, H});
-  b.q = backend_.allocate(a, {tokens, Hq, D});
-  b.k = backend_.allocate(a, {tokens, Hkv, D});
-  b.v = backend_.allocate(a, {tokens, Hkv, D});
-  b.attn = backend_.allocate(a, {tokens, Hq, D});
-  b.attn_out = backend_.allocate(a, {tokens, H});
-  b.mlp_out = backend_.allocate(a, {tokens, H});
+  b.out = backend_.allocate(a, {tokens, H});
+  const int64_t qkv = tokens * (Hq + 2 * Hkv) * D;
+  Tensor attention = tokens <= max_batch_tokens_ ? mlp_.gate_up : Tensor{};
+  if (carve(attention, 0, {qkv + tokens * Hq * D}).data == nullptr) {
+    attention = backend_.allocate(a, {qkv + tokens * Hq * D});
+  }
+  b.qkv = carve(attention, 0, {tokens, Hq + 2 * Hkv, D});
+  b.attn = carve(attention, qkv, {tokens, Hq, D});
   return b;
 }
 
@@ -91,10 +106,10 @@ void Qwen3Model::run_layers(const PackedBatch& batch, const TokenBuffers& b) {
   const int64_t T = batch.tokens(), S = batch.sequences();
   const float eps = static_cast<float>(config_.rms_norm_eps);
   const float theta = static_cast<float>(config_.rope_theta);
-  Tensor residual = rows(b.residual, 0, T), normed = rows(b.normed, 0, T);
-  Tensor q = rows(b.q, 0, T), k = rows(b.k, 0, T), v = rows(b.v, 0, T), attn = rows(b.attn, 0, T);
-  Tensor attn_out = rows(b.attn_out, 0, T), mlp_out = rows(b.mlp_out, 0, T);
-  const Tensor q2 = as_matrix(q), k2 = as_matrix(k), v2 = as_matrix(v), attn2 = as_matrix(attn);
+  const int64_t H = config_.hidden_size, I = config_.intermediate_size, Hq = config_.num_attention_heads;
+  Tensor residual = rows(b.residual, 0, T), normed = rows(b.normed, 0, T), out = rows(b.out, 0, T);
+  Tensor qkv = rows(b.qkv, 0, T), attn = rows(b.attn, 0, T);
+  const Tensor attn2 = as_matrix(attn);
 
   backend_.embed_tokens(embed_tokens_, residual);
   for (size_t l = 0; l < layers_.size(); ++l) {
@@ -103,32 +118,29 @@ void Qwen3Model::run_layers(const PackedBatch& batch, const TokenBuffers& b) {
     if (l == 0) {
       backend_.rms_norm(residual, layer.input_norm, eps, normed);
     } else {
-      backend_.add_rms_norm(residual, mlp_out, layer.input_norm, eps, normed);
+      backend_.add_rms_norm(residual, out, layer.input_norm, eps, normed);
     }
-    Tensor q_out = q2, k_out = k2, v_out = v2;
-    backend_.linear(normed, layer.q_proj, q_out);
-    backend_.linear(normed, layer.k_proj, k_out);
-    backend_.linear(normed, layer.v_proj, v_out);
-    backend_.qk_norm_rope(q, k, layer.q_norm, layer.k_norm, eps, theta);
-    backend_.attention(q, k, v, attn);
-    backend_.linear(attn2, layer.o_proj, attn_out);
-    backend_.add_rms_norm(residual, attn_out, layer.post_attention_norm, eps, normed);
+    Tensor qkv2 = as_matrix(qkv);
+    backend_.linear(normed, layer.qkv_proj, qkv2);
+    backend_.qk_norm_rope(qkv, Hq, layer.q_norm, layer.k_norm, eps, theta);
+    backend_.attention(qkv, attn);
+    backend_.linear(attn2, layer.o_proj, out);
+    backend_.add_rms_norm(residual, out, layer.post_attention_norm, eps, normed);
     for (int64_t begin = 0; begin < T; begin += max_batch_tokens_) {
       const int64_t n = std::min(max_batch_tokens_, T - begin);
-      Tensor gate = rows(mlp_.gate, 0, n), up = rows(mlp_.up, 0, n);
-      Tensor out = rows(mlp_out, begin, n);
-      backend_.linear(rows(normed, begin, n), layer.gate_proj, gate);
-      backend_.linear(rows(normed, begin, n), layer.up_proj, up);
-      backend_.swiglu(gate, up, gate);  // in place: saves a [tokens, intermediate] buffer
-      backend_.linear(gate, layer.down_proj, out);
+      Tensor gate_up = rows(mlp_.gate_up, 0, n), act = carve(mlp_.act, 0, {n, I}), mlp_out = rows(out, begin, n);
+      backend_.linear(rows(normed, begin, n), layer.gate_up_proj, gate_up);
+      backend_.swiglu(gate_up, act);
+      backend_.linear(act, layer.down_proj, mlp_out);
     }
   }
   // Only the last token of each sequence is pooled, so the final residual add and norm run on S
-  // rows. normed and attn_out are free by now and hold the gathered rows; the result goes to
-  // the first S rows of residual.
-  Tensor last_residual = rows(b.normed, 0, S), last_mlp = rows(b.attn_out, 0, S), pooled = rows(b.residual, 0, S);
+  // rows. normed and the MLP's act buffer are free by now and hold the gathered rows (S is at
+  // most max_batch_tokens, or 1 for a longer input); the result goes to the first S rows of
+  // residual.
+  Tensor last_residual = rows(b.normed, 0, S), last_mlp = carve(mlp_.act, 0, {S, H}), pooled = rows(b.residual, 0, S);
   backend_.gather_last_tokens(residual, last_residual);
-  backend_.gather_last_tokens(mlp_out, last_mlp);
+  backend_.gather_last_tokens(out, last_mlp);
   backend_.add_rms_norm(last_residual, last_mlp, final_norm_, eps, pooled);
 }
 

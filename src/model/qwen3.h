@@ -24,17 +24,21 @@ class Qwen3Model {
 
  private:
   struct Layer {
-    Tensor input_norm, q_proj, k_proj, v_proj, o_proj, q_norm, k_norm;
-    Tensor post_attention_norm, gate_proj, up_proj, down_proj;
+    Tensor input_norm, qkv_proj, o_proj, q_norm, k_norm;  // qkv_proj: q, k, v stacked
+    Tensor post_attention_norm, gate_up_proj, down_proj;   // gate_up_proj: gate, up stacked
   };
-  // Buffers holding a value for every token of the batch.
+  // Buffers holding a value for every token of the batch. `out` takes the attention's and the
+  // MLP's output projections in turn (each is added to the residual before the next is made).
+  // qkv and attn live only during attention: for batches within max_batch_tokens they are views
+  // into the MLP's gate_up buffer, which is free then.
   struct TokenBuffers {
-    Tensor residual, normed, q, k, v, attn, attn_out, mlp_out;
+    Tensor residual, normed, out, qkv, attn;
   };
-  // The MLP's intermediate buffers (2 x intermediate_size per token, the largest activations) are
-  // only as tall as max_batch_tokens; longer inputs run the MLP in row chunks.
+  // The MLP's intermediate buffers (3 x intermediate_size per token, the largest activations) are
+  // only as tall as max_batch_tokens; longer inputs run the MLP in row chunks. act is flat: the
+  // chunks' [n, intermediate] views are carved from it.
   struct MlpBuffers {
-    Tensor gate, up;
+    Tensor gate_up, act;
   };
   TokenBuffers allocate_token_buffers(int64_t tokens);
   void run_layers(const PackedBatch& batch, const TokenBuffers& buffers);

@@ -1,5 +1,6 @@
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <memory>
 
 #include "commands.h"
@@ -25,9 +26,13 @@ void run_info(const InfoFlags& flags) {
   const int64_t params = c.parameter_count();
   const int64_t embed_params = c.vocab_size * c.hidden_size;
   const double stored = static_cast<double>(weights.total_bytes());
-  // Activations alive at once in one forward pass, per token (Qwen3Model's token and MLP buffers).
-  const int64_t per_token = 4 * c.hidden_size + 2 * c.num_attention_heads * c.head_dim +
-                            2 * c.num_key_value_heads * c.head_dim + 2 * c.intermediate_size;
+  // Activations alive at once in one forward pass, per token (Qwen3Model's buffers): residual,
+  // normed and out; the MLP's gate_up, which also holds the attention's qkv and output when they
+  // fit; the MLP's act.
+  const int64_t attention = (2 * c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim;
+  const int64_t per_token = 3 * c.hidden_size + 2 * c.intermediate_size +
+                            std::max(c.intermediate_size, c.hidden_size) +
+                            (attention > 2 * c.intermediate_size ? attention : 0);
   const double act_bf16 = 2.0 * per_token * flags.max_batch_tokens;
   const double act_f32 = 2.0 * act_bf16;
 

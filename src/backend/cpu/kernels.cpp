@@ -125,8 +125,8 @@ void add_rms_norm_t(T* residual, const T* x, T* out, const float* w, float eps, 
 }
 
 template <class T>
-void head_norm_rope_t(T* x, int64_t tokens, int64_t heads, int64_t d, const float* w, float eps, const float* cos,
-                      const float* sin) {
+void head_norm_rope_t(T* x, int64_t tokens, int64_t row_stride, int64_t heads, int64_t d, const float* w, float eps,
+                      const float* cos, const float* sin) {
   const int64_t half = d / 2;
 #pragma omp parallel if (tokens * heads * d >= kParallelMin)
   {
@@ -136,7 +136,7 @@ void head_norm_rope_t(T* x, int64_t tokens, int64_t heads, int64_t d, const floa
       const float* c = cos + t * half;
       const float* s = sin + t * half;
       for (int64_t h = 0; h < heads; ++h) {
-        T* row = x + (t * heads + h) * d;
+        T* row = x + t * row_stride + h * d;
         to_f32(row, buf.data(), d);
         scale_by(buf.data(), d, inv_rms(buf.data(), d, eps), w);
 #pragma omp simd
@@ -151,19 +151,20 @@ void head_norm_rope_t(T* x, int64_t tokens, int64_t heads, int64_t d, const floa
 }
 
 template <class T>
-void swiglu_t(const T* gate, const T* up, T* out, int64_t n) {
+void swiglu_t(const T* gate_up, T* out, int64_t rows, int64_t n) {
   constexpr int64_t kChunk = 4096;
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel if (n >= kParallelMin)
+  const int64_t per_row = (n + kChunk - 1) / kChunk;
+#pragma omp parallel if (rows * n >= kParallelMin)
   {
     std::vector<float> g(kChunk), u(kChunk);
 #pragma omp for schedule(static)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t begin = c * kChunk, len = std::min(kChunk, n - begin);
-      to_f32(gate + begin, g.data(), len);
-      to_f32(up + begin, u.data(), len);
+    for (int64_t c = 0; c < rows * per_row; ++c) {
+      const int64_t r = c / per_row, begin = c % per_row * kChunk, len = std::min(kChunk, n - begin);
+      const T* gate = gate_up + r * 2 * n + begin;
+      to_f32(gate, g.data(), len);
+      to_f32(gate + n, u.data(), len);
       silu_mul(g.data(), u.data(), len);
-      from_f32(g.data(), out + begin, len);
+      from_f32(g.data(), out + r * n + begin, len);
     }
   }
 }
@@ -238,20 +239,31 @@ void rope_table(const int32_t* positions, int64_t tokens, int64_t d, float theta
   }
 }
 
-void head_norm_rope(void* x, DType dt, int64_t tokens, int64_t heads, int64_t d, const float* w, float eps,
-                    const float* cos, const float* sin) {
+void head_norm_rope(void* x, DType dt, int64_t tokens, int64_t row_stride, int64_t heads, int64_t d, const float* w,
+                    float eps, const float* cos, const float* sin) {
   if (is_bf16(dt)) {
-    head_norm_rope_t(static_cast<bf16*>(x), tokens, heads, d, w, eps, cos, sin);
+    head_norm_rope_t(static_cast<bf16*>(x), tokens, row_stride, heads, d, w, eps, cos, sin);
   } else {
-    head_norm_rope_t(static_cast<float*>(x), tokens, heads, d, w, eps, cos, sin);
+    head_norm_rope_t(static_cast<float*>(x), tokens, row_stride, heads, d, w, eps, cos, sin);
   }
 }
 
-void swiglu(const void* gate, const void* up, void* out, DType dt, int64_t n) {
+void swiglu(const void* gate_up, void* out, DType dt, int64_t rows, int64_t n) {
   if (is_bf16(dt)) {
-    swiglu_t(static_cast<const bf16*>(gate), static_cast<const bf16*>(up), static_cast<bf16*>(out), n);
+    swiglu_t(static_cast<const bf16*>(gate_up), static_cast<bf16*>(out), rows, n);
   } else {
-    swiglu_t(static_cast<const float*>(gate), static_cast<const float*>(up), static_cast<float*>(out), n);
+    swiglu_t(static_cast<const float*>(gate_up), static_cast<float*>(out), rows, n);
+  }
+}
+
+void copy_into_columns(const void* src, void* dst, int64_t dst_cols, int64_t col0, int64_t rows, int64_t cols,
+                       DType dt) {
+  const auto size = static_cast<int64_t>(dtype_size(dt));
+  const auto* s = static_cast<const char*>(src);
+  auto* d = static_cast<char*>(dst);
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
+    std::memcpy(d + (r * dst_cols + col0) * size, s + r * cols * size, static_cast<size_t>(cols * size));
   }
 }
 

@@ -68,10 +68,7 @@ class CudaBackend final : public Backend {
   int64_t device_memory_bytes() const override { return memory_->bytes.load(); }
 
   Tensor load_weight(const Tensor& host, WeightKind kind) override {
-    require(host.dtype == DType::F32 || host.dtype == DType::F16 || host.dtype == DType::BF16,
-            "weights must be F32, F16 or BF16, got " + describe(host));
-    require(kind == WeightKind::Vector || host.shape.size() == 2,
-            "matrix and embedding weights must be 2-D, got " + describe(host));
+    check_host_weight(host, kind);
     check(cudaSetDevice(device_), "cudaSetDevice");
     Tensor t;
     t.dtype = kind == WeightKind::Vector ? DType::F32 : DType::BF16;
@@ -80,6 +77,30 @@ class CudaBackend final : public Backend {
     t.data = t.storage.get();
     uploader_.upload(host.data, host.dtype, t.data, t.dtype, host.numel());
     if (kind == WeightKind::EmbeddingTable) vocab_ = host.dim(0);
+    return t;
+  }
+
+  // The parts land one after another in one arena allocation: a [sum of n_i, in] matrix.
+  Tensor load_stacked_weight(const std::vector<Tensor>& hosts) override {
+    require(!hosts.empty(), "a stacked weight needs at least one part");
+    int64_t rows = 0;
+    for (const Tensor& host : hosts) {
+      check_host_weight(host, WeightKind::Matrix);
+      require(host.dim(1) == hosts.front().dim(1), "stacked weight parts must share the input size, got " +
+                                                       describe(hosts.front()) + " and " + describe(host));
+      rows += host.dim(0);
+    }
+    check(cudaSetDevice(device_), "cudaSetDevice");
+    Tensor t;
+    t.dtype = DType::BF16;
+    t.shape = {rows, hosts.front().dim(1)};
+    t.storage = arena_.take(t.nbytes());
+    t.data = t.storage.get();
+    int64_t offset = 0;
+    for (const Tensor& host : hosts) {
+      uploader_.upload(host.data, host.dtype, bf16_ptr(t) + offset, t.dtype, host.numel());
+      offset += host.numel();
+    }
     return t;
   }
 
@@ -187,7 +208,7 @@ class CudaBackend final : public Backend {
           run);
   }
 
-  void qk_norm_rope(Tensor& q, Tensor& k, const Tensor& q_norm, const Tensor& k_norm, float eps,
+  void qk_norm_rope(Tensor& qkv, int64_t q_heads, const Tensor& q_norm, const Tensor& k_norm, float eps,
                     float theta) override {
     weights_ready();
     const int64_t T = tokens_, d = q_norm.numel();
@@ -196,10 +217,7 @@ class CudaBackend final : public Backend {
     require(d % 2 == 0 && d <= cuda::kMaxHeadDim,
             "RoPE needs an even head_dim of at most " + std::to_string(cuda::kMaxHeadDim) + ", got " +
                 std::to_string(d));
-    check_act(q, q.numel(), "qk_norm_rope q");
-    check_act(k, k.numel(), "qk_norm_rope k");
-    require(T > 0 && q.numel() % (T * d) == 0 && k.numel() % (T * d) == 0,
-            "q " + describe(q) + " and k " + describe(k) + " must be [tokens, heads, " + std::to_string(d) + "]");
+    const int64_t kv_heads = kv_heads_of(qkv, q_heads, d, "qk_norm_rope");
     if (rope_d_ != d || rope_theta_ != theta) {
       // Every step in fp32 like the HF rotary embedding (and the CPU backend's rope_table).
       for (int64_t i = 0; i < d / 2; ++i) {
@@ -208,40 +226,44 @@ class CudaBackend final : public Backend {
       rope_d_ = d;
       rope_theta_ = theta;
     }
-    timed("qk_norm_rope", 0, 4.0 * (q.numel() + k.numel()), [&] {
-      cuda::qk_norm_rope(bf16_ptr(q), bf16_ptr(k), q_norm.as<float>(), k_norm.as<float>(), positions_, T,
-                         static_cast<int>(q.numel() / (T * d)), static_cast<int>(k.numel() / (T * d)),
-                         static_cast<int>(d), eps, rope_, stream_);
+    timed("qk_norm_rope", 0, 4.0 * T * (q_heads + kv_heads) * d, [&] {
+      cuda::qk_norm_rope(bf16_ptr(qkv), q_norm.as<float>(), k_norm.as<float>(), positions_, T,
+                         static_cast<int>(q_heads), static_cast<int>(kv_heads), static_cast<int>(d), eps, rope_,
+                         stream_);
     });
   }
 
-  void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out) override {
+  // q, k and v are read in place from the fused projection output: column blocks of each row.
+  void attention(const Tensor& qkv, Tensor& out) override {
     weights_ready();
     const int64_t T = tokens_;
-    require(q.shape.size() == 3 && k.shape.size() == 3 && v.shape == k.shape && out.shape == q.shape &&
-                q.dim(0) == T && k.dim(0) == T && q.dim(2) == k.dim(2),
-            "attention needs q, out: [tokens, heads, head_dim] and k, v: [tokens, kv_heads, head_dim], got q " +
-                describe(q) + ", k " + describe(k) + ", v " + describe(v) + ", out " + describe(out));
-    require(q.dim(1) % k.dim(1) == 0, "query heads (" + std::to_string(q.dim(1)) +
-                                          ") must be a multiple of key/value heads (" + std::to_string(k.dim(1)) + ")");
-    for (const Tensor* t : {&q, &k, &v, static_cast<const Tensor*>(&out)}) {
-      check_act(*t, t->numel(), "attention operand");
-    }
+    require(out.shape.size() == 3 && out.dim(0) == T,
+            "attention output must be [tokens, heads, head_dim], got " + describe(out));
+    check_act(out, out.numel(), "attention output");
+    const int64_t hq = out.dim(1), d = out.dim(2);
+    const int64_t hkv = kv_heads_of(qkv, hq, d, "attention");
+    require(hq % hkv == 0, "query heads (" + std::to_string(hq) + ") must be a multiple of key/value heads (" +
+                               std::to_string(hkv) + ")");
+    const int64_t row = (hq + 2 * hkv) * d;
+    const bf16* q = bf16_ptr(qkv);
     timed("attention", 0, 0, [&] {
-      cuda::attention_varlen(bf16_ptr(q), bf16_ptr(k), bf16_ptr(v), bf16_ptr(out), offsets_,
-                             static_cast<int>(sequences_), T, static_cast<int>(max_seq_len_),
-                             static_cast<int>(q.dim(1)), static_cast<int>(k.dim(1)), static_cast<int>(q.dim(2)),
-                             stream_);
+      cuda::attention_varlen(q, q + hq * d, q + (hq + hkv) * d, bf16_ptr(out), offsets_, static_cast<int>(sequences_),
+                             T, static_cast<int>(max_seq_len_), static_cast<int>(hq), static_cast<int>(hkv),
+                             static_cast<int>(d), stream_, row, row);
     });
   }
 
-  void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
+  void swiglu(const Tensor& gate_up, Tensor& out) override {
     weights_ready();
-    check_act(gate, gate.numel(), "swiglu gate");
-    check_act(up, gate.numel(), "swiglu up");
-    check_act(out, gate.numel(), "swiglu output");
-    timed("swiglu", 0, 6.0 * gate.numel(),
-          [&] { cuda::swiglu(bf16_ptr(gate), bf16_ptr(up), bf16_ptr(out), gate.numel(), stream_); });
+    require(gate_up.shape.size() == 2 && gate_up.dim(1) % 2 == 0 && !out.shape.empty() &&
+                out.dim(0) == gate_up.dim(0),
+            "swiglu needs gate_up: [rows, 2 * n] and out: [rows, n], got " + describe(gate_up) + " and " +
+                describe(out));
+    check_act(gate_up, gate_up.numel(), "swiglu gate_up");
+    check_act(out, gate_up.numel() / 2, "swiglu output");
+    const int64_t rows = gate_up.dim(0), n = gate_up.dim(1) / 2;
+    timed("swiglu", 0, 3.0 * gate_up.numel(),
+          [&] { cuda::swiglu(bf16_ptr(gate_up), bf16_ptr(out), rows, n, stream_); });
   }
 
   void gather_last_tokens(const Tensor& x, Tensor& out) override {
@@ -325,6 +347,24 @@ class CudaBackend final : public Backend {
     ids_ = static_cast<int32_t*>(batch_device_.get());
     positions_ = ids_ + capacity;
     offsets_ = ids_ + 2 * capacity;
+  }
+
+  static void check_host_weight(const Tensor& host, WeightKind kind) {
+    require(host.dtype == DType::F32 || host.dtype == DType::F16 || host.dtype == DType::BF16,
+            "weights must be F32, F16 or BF16, got " + describe(host));
+    require(kind == WeightKind::Vector || host.shape.size() == 2,
+            "matrix and embedding weights must be 2-D, got " + describe(host));
+  }
+
+  // Hkv of qkv: [T, Hq + 2 Hkv, d] (any shape with that many elements).
+  int64_t kv_heads_of(const Tensor& qkv, int64_t q_heads, int64_t d, const char* op) const {
+    const int64_t T = tokens_;
+    const int64_t heads = T > 0 && qkv.numel() % (T * d) == 0 ? qkv.numel() / (T * d) : 0;
+    require(heads > q_heads && (heads - q_heads) % 2 == 0,
+            std::string(op) + " needs qkv: [tokens, q_heads + 2 * kv_heads, " + std::to_string(d) + "] with " +
+                std::to_string(q_heads) + " q heads, got " + describe(qkv));
+    check_act(qkv, qkv.numel(), op);
+    return (heads - q_heads) / 2;
   }
 
   void check_act(const Tensor& t, int64_t numel, const char* what) const {

@@ -31,18 +31,20 @@ __global__ void gather_rows_kernel(const bf16* __restrict__ src, const int32_t* 
 
 __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
+// Rows r = blockIdx.y, blockIdx.y + gridDim.y, ...; V columns per thread along the row.
 template <int V>
-// out may alias gate: each element is read before it is written, by the same thread.
-__global__ void swiglu_kernel(const bf16* gate, const bf16* __restrict__ up, bf16* out,
-                              int64_t n) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * V;
-  for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * V; i < n; i += stride) {
-    float g[V], u[V];
-    load_bf16<V>(gate + i, g);
-    load_bf16<V>(up + i, u);
+__global__ void swiglu_kernel(const bf16* __restrict__ gate_up, bf16* __restrict__ out, int64_t rows, int n) {
+  const int stride = gridDim.x * blockDim.x * V;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const bf16* gate = gate_up + r * 2 * n;
+    for (int i = (blockIdx.x * blockDim.x + threadIdx.x) * V; i < n; i += stride) {
+      float g[V], u[V];
+      load_bf16<V>(gate + i, g);
+      load_bf16<V>(gate + n + i, u);
 #pragma unroll
-    for (int j = 0; j < V; ++j) g[j] = silu_mul(g[j], u[j]);
-    store_bf16<V>(out + i, g);
+      for (int j = 0; j < V; ++j) g[j] = silu_mul(g[j], u[j]);
+      store_bf16<V>(out + r * n + i, g);
+    }
   }
 }
 
@@ -123,13 +125,16 @@ void gather_last_tokens(const bf16* x, const int32_t* seq_offsets, bf16* out, in
   gather_rows(x, nullptr, seq_offsets, out, seqs, n, stream, "launching gather_last_tokens");
 }
 
-void swiglu(const bf16* gate, const bf16* up, bf16* out, int64_t n, cudaStream_t stream) {
-  if (n == 0) return;
+void swiglu(const bf16* gate_up, bf16* out, int64_t rows, int64_t n, cudaStream_t stream) {
+  if (rows == 0 || n == 0) return;
   const int threads = 256;
-  if (n % 8 == 0 && aligned16(gate) && aligned16(up) && aligned16(out)) {
-    swiglu_kernel<8><<<elementwise_blocks(n / 8, threads), threads, 0, stream>>>(gate, up, out, n);
+  const int v = n % 8 == 0 && aligned16(gate_up) && aligned16(out) ? 8 : 1;
+  const dim3 grid(static_cast<unsigned>((n / v + threads - 1) / threads),
+                  static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+  if (v == 8) {
+    swiglu_kernel<8><<<grid, threads, 0, stream>>>(gate_up, out, rows, static_cast<int>(n));
   } else {
-    swiglu_kernel<1><<<elementwise_blocks(n, threads), threads, 0, stream>>>(gate, up, out, n);
+    swiglu_kernel<1><<<grid, threads, 0, stream>>>(gate_up, out, rows, static_cast<int>(n));
   }
   check(cudaGetLastError(), "launching swiglu");
 }

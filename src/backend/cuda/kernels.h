@@ -31,13 +31,14 @@ void rms_norm(const bf16* x, const float* w, bf16* out, int64_t rows, int64_t n,
 void add_rms_norm(bf16* residual, const bf16* x, const float* w, bf16* out, int64_t rows, int64_t n, float eps,
                   cudaStream_t stream);
 
-// q: [tokens, hq, d], k: [tokens, hkv, d], in place: per-head RMSNorm with q_norm / k_norm: [d],
-// then rotate-half RoPE at positions: [tokens]. d is even and at most kMaxHeadDim.
-void qk_norm_rope(bf16* q, bf16* k, const float* q_norm, const float* k_norm, const int32_t* positions,
-                  int64_t tokens, int hq, int hkv, int d, float eps, const RopeFreqs& freqs, cudaStream_t stream);
+// qkv: [tokens, hq + 2 hkv, d], in place on the first hq (q) and next hkv (k) heads of each row:
+// per-head RMSNorm with q_norm / k_norm: [d], then rotate-half RoPE at positions: [tokens]. d is
+// even and at most kMaxHeadDim.
+void qk_norm_rope(bf16* qkv, const float* q_norm, const float* k_norm, const int32_t* positions, int64_t tokens,
+                  int hq, int hkv, int d, float eps, const RopeFreqs& freqs, cudaStream_t stream);
 
-// out: [n] = silu(gate: [n]) * up: [n]
-void swiglu(const bf16* gate, const bf16* up, bf16* out, int64_t n, cudaStream_t stream);
+// out: [rows, n] = silu(gate) * up, gate_up: [rows, 2n] holding each row's gate, then its up
+void swiglu(const bf16* gate_up, bf16* out, int64_t rows, int64_t n, cudaStream_t stream);
 
 // out: [seqs, n] = x: [tokens, n] at rows seq_offsets[s + 1] - 1, seq_offsets: [seqs + 1]
 void gather_last_tokens(const bf16* x, const int32_t* seq_offsets, bf16* out, int64_t seqs, int64_t n,

@@ -65,13 +65,14 @@ __global__ void add_rms_norm_kernel(bf16* residual, const bf16* x, const float* 
   }
 }
 
-// One block per token: cos/sin of the token's position go to shared memory once, then each warp
-// normalises and rotates whole heads (q heads first, then k heads). Lane l holds the rotate-half
-// pairs (j, j + d/2) for j = l, l + 32, ...: P pairs at most.
+// Block (t, y) takes token t: cos/sin of its position go to shared memory once, then each warp
+// normalises and rotates whole heads (q heads first, then k heads), the gridDim.y blocks of a
+// token sharing its heads out. Lane l holds the rotate-half pairs (j, j + d/2) for
+// j = l, l + 32, ...: P pairs at most.
 template <int P>
-__global__ void qk_norm_rope_kernel(bf16* q, bf16* k, const float* __restrict__ q_norm,
-                                    const float* __restrict__ k_norm, const int32_t* __restrict__ positions, int hq,
-                                    int hkv, int d, float eps, const __grid_constant__ RopeFreqs freqs) {
+__global__ void qk_norm_rope_kernel(bf16* qkv, const float* __restrict__ q_norm, const float* __restrict__ k_norm,
+                                    const int32_t* __restrict__ positions, int hq, int hkv, int d, float eps,
+                                    const __grid_constant__ RopeFreqs freqs) {
   extern __shared__ float trig[];  // cos: [d / 2], then sin: [d / 2]
   const int half = d / 2;
   const int64_t t = blockIdx.x;
@@ -82,9 +83,9 @@ __global__ void qk_norm_rope_kernel(bf16* q, bf16* k, const float* __restrict__ 
     trig[half + i] = sinf(angle);
   }
   __syncthreads();
-  const int lane = threadIdx.x & 31;
-  for (int h = threadIdx.x >> 5; h < hq + hkv; h += blockDim.x >> 5) {
-    bf16* row = h < hq ? q + (t * hq + h) * d : k + (t * hkv + (h - hq)) * d;
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  for (int h = blockIdx.y * warps + (threadIdx.x >> 5); h < hq + hkv; h += gridDim.y * warps) {
+    bf16* row = qkv + (t * (hq + 2 * hkv) + h) * d;
     const float* w = h < hq ? q_norm : k_norm;
     float a[P], b[P];
     float ss = 0.0f;
@@ -138,20 +139,25 @@ void add_rms_norm(bf16* residual, const bf16* x, const float* w, bf16* out, int6
   check(cudaGetLastError(), "launching add_rms_norm");
 }
 
-void qk_norm_rope(bf16* q, bf16* k, const float* q_norm, const float* k_norm, const int32_t* positions,
-                  int64_t tokens, int hq, int hkv, int d, float eps, const RopeFreqs& freqs, cudaStream_t stream) {
+void qk_norm_rope(bf16* qkv, const float* q_norm, const float* k_norm, const int32_t* positions, int64_t tokens,
+                  int hq, int hkv, int d, float eps, const RopeFreqs& freqs, cudaStream_t stream) {
   if (tokens == 0) return;
-  const int threads = 32 * std::min(8, hq + hkv);
+  const int warps = std::min(8, hq + hkv);
+  // A few tokens alone would leave most SMs idle and each warp a chain of heads: then a token's
+  // heads spread over several blocks, one head per warp (each block recomputes cos/sin).
+  constexpr int64_t kBlocksWanted = 512;
+  const int64_t per_token = std::clamp<int64_t>(kBlocksWanted / tokens, 1, (hq + hkv + warps - 1) / warps);
+  const dim3 grid(static_cast<unsigned>(tokens), static_cast<unsigned>(per_token));
   const size_t smem = static_cast<size_t>(d) * sizeof(float);
   const int half = d / 2;
   if (half <= 32) {
-    qk_norm_rope_kernel<1><<<tokens, threads, smem, stream>>>(q, k, q_norm, k_norm, positions, hq, hkv, d, eps, freqs);
+    qk_norm_rope_kernel<1><<<grid, 32 * warps, smem, stream>>>(qkv, q_norm, k_norm, positions, hq, hkv, d, eps, freqs);
   } else if (half <= 64) {
-    qk_norm_rope_kernel<2><<<tokens, threads, smem, stream>>>(q, k, q_norm, k_norm, positions, hq, hkv, d, eps, freqs);
+    qk_norm_rope_kernel<2><<<grid, 32 * warps, smem, stream>>>(qkv, q_norm, k_norm, positions, hq, hkv, d, eps, freqs);
   } else if (half <= 128) {
-    qk_norm_rope_kernel<4><<<tokens, threads, smem, stream>>>(q, k, q_norm, k_norm, positions, hq, hkv, d, eps, freqs);
+    qk_norm_rope_kernel<4><<<grid, 32 * warps, smem, stream>>>(qkv, q_norm, k_norm, positions, hq, hkv, d, eps, freqs);
   } else {
-    qk_norm_rope_kernel<8><<<tokens, threads, smem, stream>>>(q, k, q_norm, k_norm, positions, hq, hkv, d, eps, freqs);
+    qk_norm_rope_kernel<8><<<grid, 32 * warps, smem, stream>>>(qkv, q_norm, k_norm, positions, hq, hkv, d, eps, freqs);
   }
   check(cudaGetLastError(), "launching qk_norm_rope");
 }
