@@ -1,6 +1,8 @@
 // The CPU backend: oneDNN matmuls for linear(), OpenMP loops for the rest (kernels.cpp,
 // attention*.cpp). Exact precision keeps every activation and weight in fp32; fast precision
-// stores activations as bf16 and multiplies bf16 weights in place, as a GPU would.
+// stores activations as bf16 and multiplies bf16 weights, as a GPU would. Matrix weights already
+// in the compute type are used in place; others are converted once at load into oneDNN's packed
+// layout (gemm.h). Embedding tables stay as stored; norm vectors become fp32.
 #include <omp.h>
 
 #include <algorithm>
@@ -11,6 +13,7 @@
 #include <memory>
 #include <new>
 #include <string>
+#include <unordered_map>
 
 #include "backend/backend.h"
 #include "backend/cpu/attention.h"
@@ -51,7 +54,7 @@ class CpuBackend final : public Backend {
         return host;  // rows are converted as they are gathered
       case WeightKind::Matrix:
         require(host.shape.size() == 2, "matrix weight must be [out, in], got " + describe(host));
-        return converted(host, act_);
+        return host.dtype == act_ ? host : packed(host);
     }
     return host;
   }
@@ -150,6 +153,9 @@ class CpuBackend final : public Backend {
     require(x.numel() % k == 0, "linear input " + describe(x) + " does not have rows of " + std::to_string(k));
     const int64_t m = x.numel() / k;
     check_act(out, m * n, "linear output");
+<<<<<<< theirs
+    gemm_.run(x.data, w.data, is_packed(w), out.data, m, k, n, act_);
+=======
     if (const std::shared_ptr<StackedParts> stacked = stacked_parts(w)) {
       int64_t col = 0;
       for (const Tensor& part : stacked->parts) {
@@ -162,6 +168,7 @@ class CpuBackend final : public Backend {
       return;
     }
     gemm_.run(x.data, w.data, out.data, m, k, n, act_);
+>>>>>>> mine
   }
 
   void qk_norm_rope(Tensor& qkv, int64_t q_heads, const Tensor& q_norm, const Tensor& k_norm, float eps,
@@ -299,6 +306,33 @@ class CpuBackend final : public Backend {
     return t;
   }
 
+  // A matrix that needs converting to the compute type, converted straight into oneDNN's blocked
+  // layout (see gemm.h). The tensor's data is opaque from then on: only linear() reads it.
+  Tensor packed(const Tensor& host) {
+    const int64_t n = host.dim(0), k = host.dim(1);
+    const size_t bytes = gemm_.packed_bytes(n, k, act_);
+    void* p = std::aligned_alloc(64, (bytes + 63) & ~size_t{63});
+    if (p == nullptr) throw Error("CPU backend: out of memory converting a " + describe(host) + " weight");
+    Tensor t;
+    t.dtype = act_;
+    t.shape = host.shape;
+    t.storage = std::shared_ptr<void>(p, &std::free);
+    t.data = p;
+    gemm_.pack(host.data, host.dtype, n, k, act_, p);
+    packed_[p] = t.storage;
+    return t;
+  }
+
+  bool is_packed(const Tensor& w) {
+    auto it = packed_.find(w.data);
+    if (it == packed_.end()) return false;
+    if (it->second.expired()) {  // freed; the address now belongs to something else
+      packed_.erase(it);
+      return false;
+    }
+    return true;
+  }
+
   // A documented copy: the weight converted to `to`, or the host tensor itself if already `to`.
   static Tensor converted(const Tensor& host, DType to) {
     if (host.dtype == to) return host;
@@ -311,8 +345,12 @@ class CpuBackend final : public Backend {
   DType act_;
   PackedBatch batch_;
   cpu::Gemm gemm_;
+<<<<<<< theirs
+  std::unordered_map<const void*, std::weak_ptr<void>> packed_;  // weights in oneDNN's layout
+=======
   std::map<const void*, std::weak_ptr<StackedParts>> stacked_;
   Tensor part_out_;   // one part's output of a stacked linear(), before it goes to its columns
+>>>>>>> mine
   std::vector<float> rope_cos_, rope_sin_;  // [T, d / 2] of the current batch
   int64_t rope_d_ = 0;
   float rope_theta_ = 0.0f;

@@ -1,7 +1,9 @@
 #include "backend/cpu/gemm.h"
 
 #include <string>
+#include <vector>
 
+#include "backend/cpu/kernels.h"
 #include "ember/error.h"
 
 namespace ember::cpu {
@@ -10,6 +12,9 @@ namespace {
 
 // Distinct batch sizes each hold a primitive; past this many the cache starts over.
 constexpr size_t kMaxCachedShapes = 256;
+// Batch size whose primitive picks the packed layout; oneDNN 2.6 picks the same one for every
+// batch size from 1 to 4096 on the target CPU.
+constexpr int64_t kPackingRows = 512;
 
 using tag = dnnl::memory::format_tag;
 
@@ -24,33 +29,75 @@ dnnl::memory::data_type onednn_type(DType dt) {
   }
 }
 
+std::string shape_text(int64_t m, int64_t k, int64_t n, DType dt) {
+  return "[" + std::to_string(m) + ", " + std::to_string(k) + "] x [" + std::to_string(n) + ", " +
+         std::to_string(k) + "]^T " + dtype_name(dt);
+}
+
 }  // namespace
 
 Gemm::Gemm() : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {}
 
-const Gemm::Entry& Gemm::get(int64_t m, int64_t k, int64_t n, DType dt) {
-  const auto key = std::make_tuple(m, k, n, dt);
+const dnnl::memory::desc& Gemm::packed_desc(int64_t k, int64_t n, DType dt) {
+  const auto key = std::make_tuple(k, n, dt);
+  auto it = packed_descs_.find(key);
+  if (it != packed_descs_.end()) return it->second;
+  const auto t = onednn_type(dt);
+  try {
+    const dnnl::matmul::primitive_desc pd(
+        dnnl::matmul::desc(dnnl::memory::desc({kPackingRows, k}, t, tag::ab), dnnl::memory::desc({k, n}, t, tag::any),
+                           dnnl::memory::desc({kPackingRows, n}, t, tag::ab)),
+        engine_);
+    return packed_descs_.emplace(key, pd.weights_desc()).first->second;
+  } catch (const dnnl::error& err) {
+    throw Error("oneDNN cannot pick a weight layout for " + shape_text(kPackingRows, k, n, dt) + ": " + err.what());
+  }
+}
+
+size_t Gemm::packed_bytes(int64_t n, int64_t k, DType dt) { return packed_desc(k, n, dt).get_size(); }
+
+void Gemm::pack(const void* w, DType w_dt, int64_t n, int64_t k, DType dt, void* dst) {
+  // oneDNN reorders convert bf16 <-> f32 on the way; f16 goes through a plain copy first.
+  std::vector<unsigned char> plain;
+  if (w_dt == DType::F16) {
+    plain.resize(static_cast<size_t>(n * k) * dtype_size(dt));
+    convert_parallel(w, w_dt, plain.data(), dt, n * k);
+    w = plain.data();
+    w_dt = dt;
+  }
+  try {
+    dnnl::memory src(dnnl::memory::desc({k, n}, onednn_type(w_dt), tag::ba), engine_, const_cast<void*>(w));
+    dnnl::memory out(packed_desc(k, n, dt), engine_, dst);
+    dnnl::reorder(src, out).execute(stream_, src, out);
+    stream_.wait();
+  } catch (const dnnl::error& err) {
+    throw Error("oneDNN cannot pack a " + std::string(dtype_name(w_dt)) + " [" + std::to_string(n) + ", " +
+                std::to_string(k) + "] weight for " + dtype_name(dt) + ": " + err.what());
+  }
+}
+
+const Gemm::Entry& Gemm::get(int64_t m, int64_t k, int64_t n, DType dt, bool packed) {
+  const auto key = std::make_tuple(m, k, n, dt, packed);
   auto it = cache_.find(key);
   if (it != cache_.end()) return it->second;
   if (cache_.size() >= kMaxCachedShapes) cache_.clear();
   const auto t = onednn_type(dt);
   Entry e;
   e.src = dnnl::memory::desc({m, k}, t, tag::ab);
-  e.wei = dnnl::memory::desc({k, n}, t, tag::ba);
+  e.wei = packed ? packed_desc(k, n, dt) : dnnl::memory::desc({k, n}, t, tag::ba);
   e.dst = dnnl::memory::desc({m, n}, t, tag::ab);
   try {
     const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(e.src, e.wei, e.dst), engine_);
     e.prim = dnnl::matmul(pd);
   } catch (const dnnl::error& err) {
-    throw Error("oneDNN cannot create a matmul for [" + std::to_string(m) + ", " + std::to_string(k) + "] x [" +
-                std::to_string(n) + ", " + std::to_string(k) + "]^T " + dtype_name(dt) + ": " + err.what());
+    throw Error("oneDNN cannot create a matmul for " + shape_text(m, k, n, dt) + ": " + err.what());
   }
   return cache_.emplace(key, std::move(e)).first->second;
 }
 
-void Gemm::run(const void* x, const void* w, void* out, int64_t m, int64_t k, int64_t n, DType dt) {
+void Gemm::run(const void* x, const void* w, bool packed, void* out, int64_t m, int64_t k, int64_t n, DType dt) {
   if (m == 0) return;
-  const Entry& e = get(m, k, n, dt);
+  const Entry& e = get(m, k, n, dt, packed);
   // oneDNN takes non-const handles but only reads src and weights.
   dnnl::memory src(e.src, engine_, const_cast<void*>(x));
   dnnl::memory wei(e.wei, engine_, const_cast<void*>(w));
