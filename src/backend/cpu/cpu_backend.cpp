@@ -153,22 +153,18 @@ class CpuBackend final : public Backend {
     require(x.numel() % k == 0, "linear input " + describe(x) + " does not have rows of " + std::to_string(k));
     const int64_t m = x.numel() / k;
     check_act(out, m * n, "linear output");
-<<<<<<< theirs
-    gemm_.run(x.data, w.data, is_packed(w), out.data, m, k, n, act_);
-=======
     if (const std::shared_ptr<StackedParts> stacked = stacked_parts(w)) {
       int64_t col = 0;
       for (const Tensor& part : stacked->parts) {
         const int64_t rows = part.dim(0);
         if (part_out_.numel() < m * rows) part_out_ = allocate_uninitialized(act_, {m * rows});
-        gemm_.run(x.data, part.data, part_out_.data, m, k, rows, act_);
+        gemm_.run(x.data, part.data, is_packed(part), part_out_.data, m, k, rows, act_);
         cpu::copy_into_columns(part_out_.data, out.data, n, col, m, rows, act_);
         col += rows;
       }
       return;
     }
-    gemm_.run(x.data, w.data, out.data, m, k, n, act_);
->>>>>>> mine
+    gemm_.run(x.data, w.data, is_packed(w), out.data, m, k, n, act_);
   }
 
   void qk_norm_rope(Tensor& qkv, int64_t q_heads, const Tensor& q_norm, const Tensor& k_norm, float eps,
@@ -345,12 +341,9 @@ class CpuBackend final : public Backend {
   DType act_;
   PackedBatch batch_;
   cpu::Gemm gemm_;
-<<<<<<< theirs
   std::unordered_map<const void*, std::weak_ptr<void>> packed_;  // weights in oneDNN's layout
-=======
   std::map<const void*, std::weak_ptr<StackedParts>> stacked_;
   Tensor part_out_;   // one part's output of a stacked linear(), before it goes to its columns
->>>>>>> mine
   std::vector<float> rope_cos_, rope_sin_;  // [T, d / 2] of the current batch
   int64_t rope_d_ = 0;
   float rope_theta_ = 0.0f;
