@@ -59,15 +59,31 @@ class CpuBackend final : public Backend {
     return host;
   }
 
-  // The parts stay where load_weight puts them. Parts used in place that lie back to back in
-  // memory (make_model writes q/k/v and gate/up so; HF checkpoints, sorted by name, gate/up) are
-  // the stacked matrix already. Otherwise the stacked tensor only names its parts: its data is the
-  // parts list, which linear() finds in stacked_ and runs as one GEMM per part into a contiguous
-  // scratch block that is then copied into the part's columns of the output. Measured on the
-  // target CPU (2 threads, T = 512, the 0.6B q/k/v), oneDNN runs a GEMM into strided output
-  // columns 5% (bf16) to 27% (fp32) slower, while the copy costs about 1%.
+  // Parts that need converting (none already in the compute type) are converted into one packed
+  // matrix, like load_weight does for a single one. Otherwise the parts stay where load_weight puts
+  // them. Parts used in place that lie back to back in memory (make_model writes q/k/v and gate/up
+  // so; HF checkpoints, sorted by name, gate/up) are the stacked matrix already. Otherwise the
+  // stacked tensor only names its parts: its data is the parts list, which linear() finds in
+  // stacked_ and runs as one GEMM per part into a contiguous scratch block that is then copied
+  // into the part's columns of the output. Measured on the target CPU (2 threads, T = 512, the
+  // 0.6B q/k/v), oneDNN runs a GEMM into strided output columns 5% (bf16) to 27% (fp32) slower,
+  // while the copy costs about 1%.
   Tensor load_stacked_weight(const std::vector<Tensor>& hosts) override {
     require(!hosts.empty() && hosts.front().shape.size() == 2, "a stacked weight needs 2-D [out, in] parts");
+    if (std::none_of(hosts.begin(), hosts.end(), [&](const Tensor& h) { return h.dtype == act_; })) {
+      std::vector<cpu::Gemm::Part> parts;
+      int64_t rows = 0;
+      for (const Tensor& host : hosts) {
+        require(host.shape.size() == 2 && host.dim(1) == hosts.front().dim(1) &&
+                    (host.dtype == DType::F32 || host.dtype == DType::F16 || host.dtype == DType::BF16),
+                "stacked weight parts must be F32, F16 or BF16 and share the input size, got " +
+                    describe(hosts.front()) + " and " + describe(host));
+        parts.push_back({host.data, host.dtype, host.dim(0)});
+        rows += host.dim(0);
+      }
+      enter();
+      return packed(parts, rows, hosts.front().dim(1));
+    }
     auto parts = std::make_shared<StackedParts>();
     int64_t rows = 0;
     bool back_to_back = true;
@@ -304,17 +320,19 @@ class CpuBackend final : public Backend {
 
   // A matrix that needs converting to the compute type, converted straight into oneDNN's blocked
   // layout (see gemm.h). The tensor's data is opaque from then on: only linear() reads it.
-  Tensor packed(const Tensor& host) {
-    const int64_t n = host.dim(0), k = host.dim(1);
+  Tensor packed(const Tensor& host) { return packed({{host.data, host.dtype, host.dim(0)}}, host.dim(0), host.dim(1)); }
+
+  // The parts, [n, k] in all, stacked row-wise, converted and packed.
+  Tensor packed(const std::vector<cpu::Gemm::Part>& parts, int64_t n, int64_t k) {
     const size_t bytes = gemm_.packed_bytes(n, k, act_);
     void* p = std::aligned_alloc(64, (bytes + 63) & ~size_t{63});
-    if (p == nullptr) throw Error("CPU backend: out of memory converting a " + describe(host) + " weight");
     Tensor t;
     t.dtype = act_;
-    t.shape = host.shape;
+    t.shape = {n, k};
+    if (p == nullptr) throw Error("CPU backend: out of memory converting a " + describe(t) + " weight");
     t.storage = std::shared_ptr<void>(p, &std::free);
     t.data = p;
-    gemm_.pack(host.data, host.dtype, n, k, act_, p);
+    gemm_.pack(parts, k, act_, p);
     packed_[p] = t.storage;
     return t;
   }

@@ -1,8 +1,6 @@
 #include "backend/cpu/gemm.h"
 
 #include <string>
-#include <vector>
-
 #include "backend/cpu/kernels.h"
 #include "ember/error.h"
 
@@ -56,13 +54,20 @@ const dnnl::memory::desc& Gemm::packed_desc(int64_t k, int64_t n, DType dt) {
 
 size_t Gemm::packed_bytes(int64_t n, int64_t k, DType dt) { return packed_desc(k, n, dt).get_size(); }
 
-void Gemm::pack(const void* w, DType w_dt, int64_t n, int64_t k, DType dt, void* dst) {
-  // oneDNN reorders convert bf16 <-> f32 on the way; f16 goes through a plain copy first.
-  std::vector<unsigned char> plain;
-  if (w_dt == DType::F16) {
-    plain.resize(static_cast<size_t>(n * k) * dtype_size(dt));
-    convert_parallel(w, w_dt, plain.data(), dt, n * k);
-    w = plain.data();
+void Gemm::pack(const std::vector<Part>& parts, int64_t k, DType dt, void* dst) {
+  int64_t n = 0;
+  for (const Part& part : parts) n += part.rows;
+  // oneDNN reorders convert bf16 <-> f32 on the way; several parts or f16 go through a plain copy.
+  const void* w = parts.front().data;
+  DType w_dt = parts.front().dtype;
+  if (parts.size() > 1 || w_dt == DType::F16) {
+    plain_.resize(static_cast<size_t>(n * k) * dtype_size(dt));
+    int64_t row = 0;
+    for (const Part& part : parts) {
+      convert_parallel(part.data, part.dtype, plain_.data() + row * k * dtype_size(dt), dt, part.rows * k);
+      row += part.rows;
+    }
+    w = plain_.data();
     w_dt = dt;
   }
   try {

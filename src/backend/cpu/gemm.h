@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <map>
 #include <tuple>
+#include <vector>
 
 #include <oneapi/dnnl/dnnl.hpp>
 
@@ -30,8 +31,14 @@ class Gemm {
 
   // Bytes of an [n, k] weight packed for compute dtype `dt`.
   size_t packed_bytes(int64_t n, int64_t k, DType dt);
-  // dst (packed_bytes) = w: [n, k] row-major (F32, F16 or BF16) converted to dt and packed.
-  void pack(const void* w, DType w_dt, int64_t n, int64_t k, DType dt, void* dst);
+  // One [rows, k] row-major block of a weight (F32, F16 or BF16).
+  struct Part {
+    const void* data;
+    DType dtype;
+    int64_t rows;
+  };
+  // dst (packed_bytes of [sum of rows, k]) = the parts stacked row-wise, converted to dt and packed.
+  void pack(const std::vector<Part>& parts, int64_t k, DType dt, void* dst);
 
   // out: [m, n] = x: [m, k] · w^T, w being [n, k] row-major or, if `packed`, from pack(); x, out
   // and the compute type of w all F32, or all BF16 (fp32 accumulation).
@@ -49,6 +56,7 @@ class Gemm {
   dnnl::stream stream_;
   std::map<std::tuple<int64_t, int64_t, int64_t, DType, bool>, Entry> cache_;
   std::map<std::tuple<int64_t, int64_t, DType>, dnnl::memory::desc> packed_descs_;
+  std::vector<unsigned char> plain_;  // stacked parts before packing; kept, as faulting in pages is slow
 };
 
 }  // namespace ember::cpu
