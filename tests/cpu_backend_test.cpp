@@ -244,10 +244,16 @@ TEST_P(BothPrecisions, StackedLinearIsItsPartsSideBySide) {
         const Tensor part = b->load_weight(host, WeightKind::Matrix);
         Tensor alone = b->allocate(b->activation_dtype(), {t, host.dim(0)});
         b->linear(x, part, alone);
-        const Values want = values_of(alone);
+        const Values a = values_of(alone);
+        // One GEMM over all parts may block the sums differently from the part's own.
+        Values block;
+        std::vector<double> want;
         for (int64_t r = 0; r < t; ++r)
-          for (int64_t c = 0; c < host.dim(0); ++c)
-            ASSERT_EQ(got[r * 40 + col + c], want[r * host.dim(0) + c]) << dtype_name(wdt) << " row " << r;
+          for (int64_t c = 0; c < host.dim(0); ++c) {
+            block.push_back(got[r * 40 + col + c]);
+            want.push_back(a[r * host.dim(0) + c]);
+          }
+        expect_close(block, want, p, 1e-5, 2e-3, std::string("stacked part ") + dtype_name(wdt));
         col += host.dim(0);
       }
     }
