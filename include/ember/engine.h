@@ -44,6 +44,8 @@ class Engine {
   virtual const std::filesystem::path& model_dir() const = 0;
   // Accelerator memory held by the engine (weights + workspaces); 0 on the CPU.
   virtual int64_t device_memory_bytes() const = 0;
+  // Per-op timings collected so far when profiling was requested (EMBER_CUDA_PROFILE=1); else "".
+  virtual std::string profile_report() = 0;
 
   // The model-input ids of a text (instruction applied), checked against the model's limits.
   virtual std::vector<int32_t> tokenize(const std::string& text, const EmbedOptions& options) const = 0;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/tensor.h"
@@ -81,6 +82,9 @@ class Backend {
 
   // Bytes of accelerator memory this backend holds (weights, activations, workspaces); 0 on the CPU.
   virtual int64_t device_memory_bytes() const { return 0; }
+
+  // Per-op timing tables when the backend was asked to profile (EMBER_CUDA_PROFILE=1); else "".
+  virtual std::string profile_report() { return ""; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend(Precision precision, int threads);

@@ -61,6 +61,7 @@ class LoadedEngine final : public Engine {
   const Tokenizer& tokenizer() const override { return tokenizer_; }
   const std::filesystem::path& model_dir() const override { return dir_; }
   int64_t device_memory_bytes() const override { return backend_->device_memory_bytes(); }
+  std::string profile_report() override { return backend_->profile_report(); }
 
   std::vector<int32_t> tokenize(const std::string& text, const EmbedOptions& options) const override {
     std::vector<int32_t> ids = options.instruction.empty()

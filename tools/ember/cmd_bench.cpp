@@ -179,6 +179,7 @@ void bench_precision(const BenchFlags& flags, const std::string& model_dir, Prec
              cuda ? "TFLOP/s" : "GFLOP/s",
              cuda ? "cuBLASLt bf16" : (precision == Precision::Fast ? "oneDNN bf16" : "oneDNN f32"));
   if (cuda) fmt::print("  {:<36} {:.2f} GB\n", "device memory held", static_cast<double>(memory) / 1e9);
+  if (const std::string profile = engine->profile_report(); !profile.empty()) fmt::print(stderr, "\n{}", profile);
   result["exec_to_first_embedding_s"] = cold;
   result["load_s"] = load;
   result["gemm_peak_tflops"] = peak / 1e12;

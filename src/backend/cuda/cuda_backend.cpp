@@ -53,10 +53,7 @@ class CudaBackend final : public Backend {
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream_);
     graphs_.clear();
-    if (profile_) {
-      for (const std::string& line : gemm_->tuning_log()) profile_->note(line);
-      profile_.reset();
-    }
+    profile_.reset();
     gemm_.reset();
     if (batch_pinned_) cudaFreeHost(batch_pinned_);
     cudaEventDestroy(batch_copied_);
@@ -66,6 +63,13 @@ class CudaBackend final : public Backend {
   const char* name() const override { return "cuda"; }
   DType activation_dtype() const override { return DType::BF16; }
   int64_t device_memory_bytes() const override { return memory_->bytes.load(); }
+
+  std::string profile_report() override {
+    if (!profile_) return "";
+    check(cudaStreamSynchronize(stream_), "finishing profiled work");
+    profile_->collect();
+    return profile_->report(gemm_->tuning_log());
+  }
 
   Tensor load_weight(const Tensor& host, WeightKind kind) override {
     check_host_weight(host, kind);

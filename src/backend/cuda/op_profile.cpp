@@ -4,7 +4,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <iostream>
 
 #include "backend/cuda/cuda_check.h"
 
@@ -26,12 +25,6 @@ bool OpProfile::requested() {
 
 OpProfile::~OpProfile() {
   cudaStreamSynchronize(stream_);
-  try {
-    collect();
-    std::cerr << report();
-  } catch (...) {
-    // A destructor must not throw; the profile is a diagnostic.
-  }
   for (cudaEvent_t e : free_) cudaEventDestroy(e);
   for (const Pending& p : pending_) {
     cudaEventDestroy(p.start);
@@ -86,7 +79,7 @@ void OpProfile::collect() {
   pending_.clear();
 }
 
-std::string OpProfile::report() {
+std::string OpProfile::report(const std::vector<std::string>& gemm_choices) {
   std::string out = "\nEMBER_CUDA_PROFILE: GPU time per op (CUDA events, eager launches)\n";
   char line[256];
   for (const std::string& section : section_order_) {
@@ -110,8 +103,8 @@ std::string OpProfile::report() {
       out += line;
     }
   }
-  if (!notes_.empty()) out += "\nGEMM algorithm choices:\n";
-  for (const std::string& n : notes_) out += "  " + n + "\n";
+  if (!gemm_choices.empty()) out += "\nGEMM algorithm choices:\n";
+  for (const std::string& n : gemm_choices) out += "  " + n + "\n";
   return out;
 }
 

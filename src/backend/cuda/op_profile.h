@@ -1,8 +1,8 @@
 #pragma once
 // EMBER_CUDA_PROFILE=1: the GPU time of every backend op, measured with a pair of CUDA events
 // around it and summed per op label within a batch class (tokens and mean sequence length, each
-// rounded up to a power of two). The tables go to stderr when the backend is destroyed: a
-// diagnostic the user asked for through the environment, not library output. While profiling,
+// rounded up to a power of two). report() returns the tables; the CLI prints them (`ember bench`
+// shows them at the end of a run). While profiling,
 // forward passes run eagerly (no CUDA graphs), so small batches include launch gaps.
 #include <cuda_runtime.h>
 
@@ -30,9 +30,8 @@ class OpProfile {
   void end(const std::string& label, double flops, double bytes);
   // Adds every finished op to the totals; call after the stream synchronized.
   void collect();
-  // Extra lines printed after the tables (GEMM algorithm choices).
-  void note(const std::string& line) { notes_.push_back(line); }
-  std::string report();
+  // The tables, followed by `gemm_choices` (the GEMM algorithm picked per shape).
+  std::string report(const std::vector<std::string>& gemm_choices);
 
  private:
   struct Pending {
@@ -54,7 +53,6 @@ class OpProfile {
   std::vector<Pending> pending_;
   std::map<std::string, std::map<std::string, Stat>> stats_;
   std::map<std::string, int64_t> batches_;
-  std::vector<std::string> notes_;
 };
 
 }  // namespace ember::cuda
