@@ -16,7 +16,12 @@ AtomicOutput::AtomicOutput(const std::string& path) : path_(path) {
     return;
   }
   const std::filesystem::path target(path);
-  temp_path_ = (target.parent_path() / ("." + target.filename().string() + ".tmp." + std::to_string(::getpid()))).string();
+  // Hidden, in the same folder (so rename() is atomic), unique to this process.
+  std::string name = ".";
+  name += target.filename().string();
+  name += ".tmp.";
+  name += std::to_string(::getpid());
+  temp_path_ = (target.parent_path() / name).string();
   file_ = std::fopen(temp_path_.c_str(), "wb");
   if (file_ == nullptr) throw Error("cannot create output file " + temp_path_ + ": " + std::strerror(errno));
 }
