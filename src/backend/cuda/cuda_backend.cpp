@@ -17,6 +17,7 @@
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/op_profile.h"
 #include "backend/cuda/weight_upload.h"
+#include "backend/op_checks.h"
 #include "ember/error.h"
 
 namespace ember {
@@ -24,12 +25,6 @@ namespace {
 
 using cuda::bf16;
 using cuda::check;
-
-void require(bool ok, const std::string& message) {
-  if (!ok) throw Error("CUDA backend: " + message);
-}
-
-std::string describe(const Tensor& t) { return std::string(dtype_name(t.dtype)) + shape_string(t.shape); }
 
 bf16* bf16_ptr(const Tensor& t) { return static_cast<bf16*>(t.data); }
 
@@ -86,12 +81,12 @@ class CudaBackend final : public Backend {
 
   // The parts land one after another in one arena allocation: a [sum of n_i, in] matrix.
   Tensor load_stacked_weight(const std::vector<Tensor>& hosts) override {
-    require(!hosts.empty(), "a stacked weight needs at least one part");
+    checks_.require(!hosts.empty(), "a stacked weight needs at least one part");
     int64_t rows = 0;
     for (const Tensor& host : hosts) {
       check_host_weight(host, WeightKind::Matrix);
-      require(host.dim(1) == hosts.front().dim(1), "stacked weight parts must share the input size, got " +
-                                                       describe(hosts.front()) + " and " + describe(host));
+      checks_.require(host.dim(1) == hosts.front().dim(1), "stacked weight parts must share the input size, got " +
+                                                               describe(hosts.front()) + " and " + describe(host));
       rows += host.dim(0);
     }
     check(cudaSetDevice(device_), "cudaSetDevice");
@@ -125,20 +120,8 @@ class CudaBackend final : public Backend {
 
   void set_batch(const PackedBatch& batch) override {
     const auto& off = batch.seq_offsets;
-    require(!off.empty() && off.front() == 0 && off.back() == batch.tokens(),
-            "batch offsets must start at 0 and end at the token count");
-    require(batch.positions.size() == batch.token_ids.size(), "batch needs one position per token");
-    int64_t longest = 0;
-    for (size_t s = 0; s + 1 < off.size(); ++s) {
-      require(off[s] < off[s + 1], "batch holds an empty sequence");
-      longest = std::max<int64_t>(longest, off[s + 1] - off[s]);
-    }
-    if (vocab_ > 0) {
-      for (int32_t id : batch.token_ids) {
-        require(id >= 0 && id < vocab_,
-                "token id " + std::to_string(id) + " is outside the vocabulary of " + std::to_string(vocab_));
-      }
-    }
+    const int64_t longest = checks_.batch(batch);
+    if (vocab_ > 0) checks_.token_ids(batch.token_ids, vocab_);
     check(cudaSetDevice(device_), "cudaSetDevice");
     weights_ready();
     tokens_ = batch.tokens();
@@ -163,49 +146,34 @@ class CudaBackend final : public Backend {
 
   void embed_tokens(const Tensor& table, Tensor& x) override {
     weights_ready();
-    require(table.dtype == DType::BF16 && table.shape.size() == 2,
-            "embedding table must be a BF16 [vocab, hidden] weight from load_weight, got " + describe(table));
+    checks_.require(table.dtype == DType::BF16 && table.shape.size() == 2,
+                    "embedding table must be a BF16 [vocab, hidden] weight from load_weight, got " + describe(table));
     const int64_t hidden = table.dim(1);
-    check_act(x, tokens_ * hidden, "embed_tokens output");
+    checks_.act(x, tokens_ * hidden, "embed_tokens output");
     timed("embed_tokens", 0, 4.0 * tokens_ * hidden,
           [&] { cuda::embed_gather(bf16_ptr(table), ids_, bf16_ptr(x), tokens_, hidden, stream_); });
   }
 
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
     weights_ready();
-    const int64_t n = w.numel();
-    check_norm(w, n);
-    check_act(x, x.numel(), "rms_norm input");
-    require(x.numel() % n == 0, "rms_norm input " + describe(x) + " does not have rows of " + std::to_string(n));
-    check_act(out, x.numel(), "rms_norm output");
+    const OpChecks::Rows size = checks_.rms_norm(x, w, out);
     timed("rms_norm", 0, 4.0 * x.numel(),
-          [&] { cuda::rms_norm(bf16_ptr(x), w.as<float>(), bf16_ptr(out), x.numel() / n, n, eps, stream_); });
+          [&] { cuda::rms_norm(bf16_ptr(x), w.as<float>(), bf16_ptr(out), size.rows, size.n, eps, stream_); });
   }
 
   void add_rms_norm(Tensor& residual, const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
     weights_ready();
-    const int64_t n = w.numel();
-    check_norm(w, n);
-    check_act(residual, residual.numel(), "add_rms_norm residual");
-    require(residual.numel() % n == 0,
-            "add_rms_norm residual " + describe(residual) + " does not have rows of " + std::to_string(n));
-    check_act(x, residual.numel(), "add_rms_norm input");
-    check_act(out, residual.numel(), "add_rms_norm output");
+    const OpChecks::Rows size = checks_.add_rms_norm(residual, x, w, out);
     timed("add_rms_norm", 0, 8.0 * residual.numel(), [&] {
-      cuda::add_rms_norm(bf16_ptr(residual), bf16_ptr(x), w.as<float>(), bf16_ptr(out), residual.numel() / n, n, eps,
+      cuda::add_rms_norm(bf16_ptr(residual), bf16_ptr(x), w.as<float>(), bf16_ptr(out), size.rows, size.n, eps,
                          stream_);
     });
   }
 
   void linear(const Tensor& x, const Tensor& w, Tensor& out) override {
     weights_ready();
-    require(w.shape.size() == 2 && w.dtype == DType::BF16,
-            "linear weight must be a BF16 [out, in] matrix from load_weight, got " + describe(w));
-    const int64_t n = w.dim(0), k = w.dim(1);
-    check_act(x, x.numel(), "linear input");
-    require(x.numel() % k == 0, "linear input " + describe(x) + " does not have rows of " + std::to_string(k));
-    const int64_t m = x.numel() / k;
-    check_act(out, m * n, "linear output");
+    const OpChecks::Matmul size = checks_.linear(x, w, out);
+    const int64_t m = size.m, n = size.n, k = size.k;
     const auto run = [&] { gemm_->run(bf16_ptr(x), bf16_ptr(w), bf16_ptr(out), m, n, k, stream_); };
     if (!profile_) return run();
     timed("linear N=" + std::to_string(n) + " K=" + std::to_string(k), 2.0 * m * n * k, 2.0 * (m * k + n * k + m * n),
@@ -215,13 +183,9 @@ class CudaBackend final : public Backend {
   void qk_norm_rope(Tensor& qkv, int64_t q_heads, const Tensor& q_norm, const Tensor& k_norm, float eps,
                     float theta) override {
     weights_ready();
-    const int64_t T = tokens_, d = q_norm.numel();
-    check_norm(q_norm, d);
-    check_norm(k_norm, d);
-    require(d % 2 == 0 && d <= cuda::kMaxHeadDim,
-            "RoPE needs an even head_dim of at most " + std::to_string(cuda::kMaxHeadDim) + ", got " +
-                std::to_string(d));
-    const int64_t kv_heads = kv_heads_of(qkv, q_heads, d, "qk_norm_rope");
+    const int64_t T = tokens_;
+    const OpChecks::Heads heads = checks_.qk_norm_rope(qkv, q_heads, q_norm, k_norm, T, cuda::kMaxHeadDim);
+    const int64_t kv_heads = heads.kv_heads, d = heads.d;
     if (rope_d_ != d || rope_theta_ != theta) {
       // Every step in fp32 like the HF rotary embedding (and the CPU backend's rope_table).
       for (int64_t i = 0; i < d / 2; ++i) {
@@ -241,13 +205,8 @@ class CudaBackend final : public Backend {
   void attention(const Tensor& qkv, Tensor& out) override {
     weights_ready();
     const int64_t T = tokens_;
-    require(out.shape.size() == 3 && out.dim(0) == T,
-            "attention output must be [tokens, heads, head_dim], got " + describe(out));
-    check_act(out, out.numel(), "attention output");
-    const int64_t hq = out.dim(1), d = out.dim(2);
-    const int64_t hkv = kv_heads_of(qkv, hq, d, "attention");
-    require(hq % hkv == 0, "query heads (" + std::to_string(hq) + ") must be a multiple of key/value heads (" +
-                               std::to_string(hkv) + ")");
+    const OpChecks::Heads heads = checks_.attention(qkv, out, T);
+    const int64_t hq = heads.q_heads, hkv = heads.kv_heads, d = heads.d;
     const int64_t row = (hq + 2 * hkv) * d;
     const bf16* q = bf16_ptr(qkv);
     timed("attention", 0, 0, [&] {
@@ -259,32 +218,21 @@ class CudaBackend final : public Backend {
 
   void swiglu(const Tensor& gate_up, Tensor& out) override {
     weights_ready();
-    require(gate_up.shape.size() == 2 && gate_up.dim(1) % 2 == 0 && !out.shape.empty() &&
-                out.dim(0) == gate_up.dim(0),
-            "swiglu needs gate_up: [rows, 2 * n] and out: [rows, n], got " + describe(gate_up) + " and " +
-                describe(out));
-    check_act(gate_up, gate_up.numel(), "swiglu gate_up");
-    check_act(out, gate_up.numel() / 2, "swiglu output");
-    const int64_t rows = gate_up.dim(0), n = gate_up.dim(1) / 2;
+    const OpChecks::Rows size = checks_.swiglu(gate_up, out);
     timed("swiglu", 0, 3.0 * gate_up.numel(),
-          [&] { cuda::swiglu(bf16_ptr(gate_up), bf16_ptr(out), rows, n, stream_); });
+          [&] { cuda::swiglu(bf16_ptr(gate_up), bf16_ptr(out), size.rows, size.n, stream_); });
   }
 
   void gather_last_tokens(const Tensor& x, Tensor& out) override {
     weights_ready();
     const int64_t T = tokens_, S = sequences_;
-    require(!x.shape.empty() && x.dim(0) == T,
-            "gather_last_tokens input must have one row per token, got " + describe(x));
-    const int64_t n = x.numel() / T;
-    check_act(x, T * n, "gather_last_tokens input");
-    check_act(out, S * n, "gather_last_tokens output");
+    const int64_t n = checks_.gather_last_tokens(x, out, T, S);
     timed("gather_last_tokens", 0, 4.0 * S * n,
           [&] { cuda::gather_last_tokens(bf16_ptr(x), offsets_, bf16_ptr(out), S, n, stream_); });
   }
 
   std::vector<float> to_host_f32(const Tensor& t) override {
-    require(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16,
-            "to_host_f32 needs a floating-point tensor, got " + describe(t));
+    checks_.to_host_f32(t);
     check(cudaSetDevice(device_), "cudaSetDevice");
     weights_ready();
     std::vector<float> host(static_cast<size_t>(t.numel()));
@@ -353,34 +301,14 @@ class CudaBackend final : public Backend {
     offsets_ = ids_ + 2 * capacity;
   }
 
-  static void check_host_weight(const Tensor& host, WeightKind kind) {
-    require(host.dtype == DType::F32 || host.dtype == DType::F16 || host.dtype == DType::BF16,
-            "weights must be F32, F16 or BF16, got " + describe(host));
-    require(kind == WeightKind::Vector || host.shape.size() == 2,
-            "matrix and embedding weights must be 2-D, got " + describe(host));
+  void check_host_weight(const Tensor& host, WeightKind kind) const {
+    checks_.require(host.dtype == DType::F32 || host.dtype == DType::F16 || host.dtype == DType::BF16,
+                    "weights must be F32, F16 or BF16, got " + describe(host));
+    checks_.require(kind == WeightKind::Vector || host.shape.size() == 2,
+                    "matrix and embedding weights must be 2-D, got " + describe(host));
   }
 
-  // Hkv of qkv: [T, Hq + 2 Hkv, d] (any shape with that many elements).
-  int64_t kv_heads_of(const Tensor& qkv, int64_t q_heads, int64_t d, const char* op) const {
-    const int64_t T = tokens_;
-    const int64_t heads = T > 0 && qkv.numel() % (T * d) == 0 ? qkv.numel() / (T * d) : 0;
-    require(heads > q_heads && (heads - q_heads) % 2 == 0,
-            std::string(op) + " needs qkv: [tokens, q_heads + 2 * kv_heads, " + std::to_string(d) + "] with " +
-                std::to_string(q_heads) + " q heads, got " + describe(qkv));
-    check_act(qkv, qkv.numel(), op);
-    return (heads - q_heads) / 2;
-  }
-
-  void check_act(const Tensor& t, int64_t numel, const char* what) const {
-    require(t.dtype == DType::BF16 && t.numel() == numel && t.data != nullptr,
-            std::string(what) + " must be BF16 with " + std::to_string(numel) + " elements, got " + describe(t));
-  }
-
-  static void check_norm(const Tensor& w, int64_t n) {
-    require(w.dtype == DType::F32 && w.numel() == n && n > 0,
-            "norm weight must be an F32 vector from load_weight, got " + describe(w));
-  }
-
+  const OpChecks checks_{"CUDA backend", DType::BF16};
   int device_;
   CudaBackendOptions options_;
   std::shared_ptr<cuda::MemoryCounter> memory_;
