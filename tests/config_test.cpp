@@ -5,12 +5,15 @@
 #include <functional>
 
 #include "ember/error.h"
+#include "test_support.h"
 #include "ember/model_config.h"
 
 namespace fs = std::filesystem;
 using namespace ember;
 
 namespace {
+
+using ember_test::error_of;
 
 // config.json of Qwen/Qwen3-Embedding-0.6B on the Hugging Face hub (transformers 4.51 layout).
 const char* kQwen3Embedding06B = R"({
@@ -119,16 +122,6 @@ const char* kTransformers5 = R"({
   "transformers_version": "5.0.0",
   "vocab_size": 151669
 })";
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected ember::Error";
-  return "";
-}
 
 // A minimal valid config with one key replaced (or removed when value is empty).
 std::string edited(const std::string& key, const std::string& value) {

@@ -16,31 +16,13 @@
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/gemm_peak.h"
 #include "core/dtype.h"
+#include "cuda_test_support.h"
 #include "ember/error.h"
 
 namespace ember {
 namespace {
 
 using Values = std::vector<float>;
-
-// Empty when the CUDA backend can run here, else why not.
-std::string cuda_unavailable() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    return "no CUDA device";
-  }
-  cudaDeviceProp prop{};
-  cudaGetDeviceProperties(&prop, 0);
-  if (prop.major != 9 || prop.minor != 0) return std::string("the CUDA backend needs sm_90, device 0 is ") + prop.name;
-  return "";
-}
-
-#define REQUIRE_CUDA()                                          \
-  do {                                                          \
-    const std::string why = cuda_unavailable();                 \
-    if (!why.empty()) GTEST_SKIP() << why << ": skipping";      \
-  } while (0)
 
 Values random_values(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
   std::mt19937 gen(seed);

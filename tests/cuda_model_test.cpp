@@ -25,71 +25,18 @@
 #include "model/make_model.h"
 #include "model/qwen3.h"
 #include "model/weights.h"
+#include "cuda_test_support.h"
+#include "golden_support.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 
 namespace ember {
 namespace {
 
-std::string cuda_unavailable() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    return "no CUDA device";
-  }
-  cudaDeviceProp prop{};
-  cudaGetDeviceProperties(&prop, 0);
-  if (prop.major != 9 || prop.minor != 0) return std::string("the CUDA backend needs sm_90, device 0 is ") + prop.name;
-  return "";
-}
-
-#define REQUIRE_CUDA()                                     \
-  do {                                                     \
-    const std::string why = cuda_unavailable();            \
-    if (!why.empty()) GTEST_SKIP() << why << ": skipping"; \
-  } while (0)
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("ember_cuda_model_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
-double cosine(const std::vector<float>& a, const std::vector<float>& b) {
-  double ab = 0, aa = 0, bb = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    ab += double{a[i]} * b[i];
-    aa += double{a[i]} * a[i];
-    bb += double{b[i]} * b[i];
-  }
-  return a.size() == b.size() && aa > 0 && bb > 0 ? ab / std::sqrt(aa * bb) : -2.0;
-}
-
-DType storage_dtype(const std::string& name) {
-  if (name == "bfloat16") return DType::BF16;
-  if (name == "float16") return DType::F16;
-  return DType::F32;
-}
-
-// A golden variant's model folder, written as tests/golden_test.cpp does (which also checks the
-// weight checksum against transformers).
-fs::path write_variant(const nlohmann::json& v, const fs::path& root) {
-  const std::string config_text = v.at("config").dump(2);
-  MakeModelOptions o;
-  o.dtype = storage_dtype(v.at("storage").at("dtype"));
-  o.shards = v.at("storage").at("shards");
-  o.name_prefix = v.at("storage").at("name_prefix");
-  o.seed = v.at("seed");
-  o.tokenizer_dir = EMBER_TOKENIZER_DIR;
-  const fs::path dir = root / v.at("name").get<std::string>();
-  make_model(ModelConfig::from_json_text(config_text, "golden variant"), o, dir);
-  std::ofstream(dir / "config.json", std::ios::trunc) << config_text << "\n";
-  return dir;
-}
+using ember_test::cosine;
+using ember_test::TempDir;
+using ember_test::write_variant;
 
 std::unique_ptr<Engine> open_engine(const fs::path& dir, Device device, int64_t max_batch_tokens) {
   EngineOptions eo;

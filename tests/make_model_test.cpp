@@ -15,26 +15,14 @@
 #include "ember/error.h"
 #include "model/weights.h"
 #include "model_checksum.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using namespace ember;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() /
-           ("ember_make_model_" + std::to_string(::getpid()) + "_" + std::to_string(counter()++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  static int& counter() {
-    static int n = 0;
-    return n;
-  }
-};
+using ember_test::TempDir;
 
 std::string read_file(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "ember/error.h"
+#include "test_support.h"
 #include "ember/model_config.h"
 #include "model/model_dir.h"
 #include "model/safetensors.h"
@@ -17,15 +18,7 @@ using namespace ember;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected ember::Error";
-  return "";
-}
+using ember_test::error_of;
 
 bool contains(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;

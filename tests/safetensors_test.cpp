@@ -8,11 +8,14 @@
 #include <fstream>
 
 #include "ember/error.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using namespace ember;
 
 namespace {
+
+using ember_test::error_of;
 
 class SafetensorsTest : public ::testing::Test {
  protected:
@@ -39,16 +42,6 @@ class SafetensorsTest : public ::testing::Test {
   }
   fs::path write_raw(const std::string& name, const std::string& header, size_t data_bytes) {
     return write_raw(name, header, data_bytes, header.size());
-  }
-
-  std::string error_of(const std::function<void()>& f) {
-    try {
-      f();
-    } catch (const Error& e) {
-      return e.what();
-    }
-    ADD_FAILURE() << "expected ember::Error";
-    return "";
   }
 
   fs::path dir_;
