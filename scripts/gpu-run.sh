@@ -4,6 +4,7 @@
 # into $EMBER_BIN_DIR (default .dev/gpu) and pack the shared libraries with
 #   scripts/bundle-runtime-libs.sh build/ember .dev/runtime-libs.tar.xz
 # usage there: bash scripts/gpu-run.sh [parts...]   parts: tests sanitize model bench hf compare
+# The test binaries carry this checkout's absolute paths (tests/data, the npm tokenizer): link them.
 mkdir -p /work /opt/ember-libs && ln -sfn "$PWD" /work/main
 tar -xJf .dev/runtime-libs.tar.xz -C /opt/ember-libs
 export LD_LIBRARY_PATH=/opt/ember-libs:/usr/local/cuda/lib64:$LD_LIBRARY_PATH
