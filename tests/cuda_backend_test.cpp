@@ -18,30 +18,14 @@
 #include "core/dtype.h"
 #include "cuda_test_support.h"
 #include "ember/error.h"
+#include "tensor_support.h"
 
 namespace ember {
 namespace {
 
-using Values = std::vector<float>;
-
-Values random_values(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  Values v(n);
-  for (float& x : v) x = dist(gen);
-  return v;
-}
-
-// A host tensor (as a safetensors view would be) holding `v` converted to `dt`.
-Tensor host_tensor(DType dt, std::vector<int64_t> shape, const Values& v) {
-  Tensor t;
-  t.dtype = dt;
-  t.shape = std::move(shape);
-  t.storage = std::shared_ptr<void>(std::malloc(t.nbytes()), &std::free);
-  t.data = t.storage.get();
-  convert(v.data(), DType::F32, t.data, dt, v.size());
-  return t;
-}
+using ember_test::host_tensor;
+using ember_test::random_values;
+using ember_test::Values;
 
 // The same values (rounded to bf16 once) in a CPU and a CUDA activation tensor.
 struct Pair {
