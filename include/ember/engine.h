@@ -2,6 +2,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,9 @@ enum class Device { Cpu, Cuda };
 // fast:  bf16 activations with fp32 accumulation, as on a GPU.
 enum class Precision { Exact, Fast };
 
+// The 16-bit type of weights and activations in fast precision. fp16 is CUDA only.
+enum class HalfType { BFloat16, Float16 };
+
 Device parse_device(const std::string& name);        // "cpu" | "cuda"
 Precision parse_precision(const std::string& name);  // "exact" | "fast"
 
@@ -23,9 +27,18 @@ struct EngineOptions {
   std::string model;  // a model folder, or a hub id found in the local Hugging Face cache
   Device device = Device::Cpu;
   Precision precision = Precision::Exact;
+  HalfType half_type = HalfType::BFloat16;  // used when precision is Fast
   int threads = 0;                 // 0: all cores
   int64_t max_batch_tokens = 8192;  // tokens packed into one forward pass
 };
+
+// Sets precision and half_type from a dtype name, as servers spell it: "float32" (exact),
+// "bfloat16" (fast, bf16) or "float16" (fast, fp16).
+void apply_dtype(const std::string& name, EngineOptions& options);
+
+// An embedding from a pooled hidden state: the first `dimensions` values (Matryoshka truncation;
+// 0 keeps all), L2-normalised unless `normalize` is false. Throws unless 32 <= dimensions <= size.
+std::vector<float> finish_embedding(std::span<const float> pooled, int dimensions, bool normalize = true);
 
 struct EmbedOptions {
   int dimensions = 0;        // 0: full hidden size; else Matryoshka, 32 <= d <= hidden
@@ -54,6 +67,9 @@ class Engine {
   // batches of at most max_batch_tokens without padding.
   virtual std::vector<std::vector<float>> embed_tokens(const std::vector<std::vector<int32_t>>& sequences,
                                                        int dimensions = 0) = 0;
+  // The pooled (last-token) hidden states, full size and not normalised, one per sequence in input
+  // order; finish_embedding() turns one into an embedding. Same packing as embed_tokens.
+  virtual std::vector<std::vector<float>> pooled_states(const std::vector<std::vector<int32_t>>& sequences) = 0;
   virtual std::vector<std::vector<float>> embed_texts(const std::vector<std::string>& texts,
                                                       const EmbedOptions& options) = 0;
 };

@@ -26,11 +26,33 @@ Precision parse_precision(const std::string& name) {
   throw Error("unknown precision '" + name + "' (expected exact or fast)");
 }
 
+void apply_dtype(const std::string& name, EngineOptions& options) {
+  if (name == "float32") {
+    options.precision = Precision::Exact;
+  } else if (name == "bfloat16") {
+    options.precision = Precision::Fast;
+    options.half_type = HalfType::BFloat16;
+  } else if (name == "float16") {
+    options.precision = Precision::Fast;
+    options.half_type = HalfType::Float16;
+  } else {
+    throw Error("unknown dtype '" + name + "' (expected float32, bfloat16 or float16)");
+  }
+}
+
+std::vector<float> finish_embedding(std::span<const float> pooled, int dimensions, bool normalize) {
+  return finish_embedding(pooled.data(), static_cast<int64_t>(pooled.size()), dimensions, normalize);
+}
+
 namespace {
 
 std::unique_ptr<Backend> make_backend(const EngineOptions& options) {
   switch (options.device) {
-    case Device::Cpu: return make_cpu_backend(options.precision, options.threads);
+    case Device::Cpu:
+      if (options.precision == Precision::Fast && options.half_type == HalfType::Float16) {
+        throw Error("float16 runs on CUDA only; on the CPU use bfloat16 (fast) or float32 (exact)");
+      }
+      return make_cpu_backend(options.precision, options.threads);
     case Device::Cuda:
 #ifdef EMBER_HAVE_CUDA
       return make_cuda_backend(options.precision, 0);
@@ -85,6 +107,12 @@ class LoadedEngine final : public Engine {
   std::vector<std::vector<float>> embed_tokens(const std::vector<std::vector<int32_t>>& sequences,
                                                int dimensions) override {
     check_dimensions(dimensions, config_.hidden_size);
+    std::vector<std::vector<float>> out = pooled_states(sequences);
+    for (auto& v : out) v = finish_embedding(v.data(), config_.hidden_size, dimensions);
+    return out;
+  }
+
+  std::vector<std::vector<float>> pooled_states(const std::vector<std::vector<int32_t>>& sequences) override {
     for (const auto& seq : sequences) {
       if (seq.empty()) throw Error("cannot embed an empty token sequence");
       if (seq.size() > static_cast<size_t>(config_.max_position_embeddings)) {
@@ -93,6 +121,7 @@ class LoadedEngine final : public Engine {
       }
       check_ids(seq);
     }
+    const auto hidden = static_cast<size_t>(config_.hidden_size);
     std::vector<std::vector<float>> out(sequences.size());
     size_t begin = 0;
     while (begin < sequences.size()) {
@@ -107,7 +136,8 @@ class LoadedEngine final : public Engine {
       }
       const std::vector<float> pooled = model_.forward(PackedBatch::pack(group));
       for (size_t i = 0; i < group.size(); ++i) {
-        out[begin + i] = finish_embedding(pooled.data() + i * config_.hidden_size, config_.hidden_size, dimensions);
+        out[begin + i].assign(pooled.begin() + static_cast<std::ptrdiff_t>(i * hidden),
+                              pooled.begin() + static_cast<std::ptrdiff_t>((i + 1) * hidden));
       }
       begin = end;
     }

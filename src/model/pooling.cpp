@@ -15,10 +15,11 @@ void check_dimensions(int dimensions, int64_t hidden) {
   }
 }
 
-std::vector<float> finish_embedding(const float* pooled, int64_t hidden, int dimensions) {
+std::vector<float> finish_embedding(const float* pooled, int64_t hidden, int dimensions, bool normalize) {
   check_dimensions(dimensions, hidden);
   const int64_t d = dimensions == 0 ? hidden : dimensions;
   std::vector<float> out(pooled, pooled + d);
+  if (!normalize) return out;
   double sum = 0.0;
   for (float x : out) sum += static_cast<double>(x) * x;
   // Same floor as torch.nn.functional.normalize, so an all-zero state stays zero.
