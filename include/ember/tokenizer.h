@@ -36,6 +36,14 @@ class Tokenizer {
   int64_t id_count() const;      // one past the largest id the tokenizer can produce
   std::string token_text(int32_t id) const;  // the vocabulary entry (byte-level form), for debugging
 
+  // What one token stands for: its raw bytes (a BPE token may hold part of a UTF-8 character)
+  // and whether it is a special added token such as <|endoftext|>.
+  struct Piece {
+    std::string bytes;
+    bool special = false;
+  };
+  Piece piece(int32_t id) const;
+
  private:
   struct Impl;
   explicit Tokenizer(std::unique_ptr<Impl> impl);

@@ -10,10 +10,12 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "ember/error.h"
 #include "tokenizer/added_tokens.h"
 #include "tokenizer/bpe.h"
+#include "tokenizer/byte_level.h"
 #include "tokenizer/normalizer.h"
 #include "tokenizer/post_processor.h"
 #include "tokenizer/pretokenizer.h"
@@ -87,6 +89,7 @@ struct Tokenizer::Impl {
   tok::AddedTokenMatcher raw_added;         // matched in the text as given
   tok::AddedTokenMatcher normalized_added;  // matched after normalization
   std::unordered_map<int32_t, std::string> added_text;
+  std::unordered_set<int32_t> special_ids;
   tok::PostProcessor post;
   int32_t eos = -1;
   int64_t id_count = 0;
@@ -160,6 +163,7 @@ Tokenizer Tokenizer::from_files(const std::filesystem::path& tokenizer_json,
       if (t.id < 0) throw Error("added token \"" + t.content + "\" has a negative id");
       max_id = std::max<int64_t>(max_id, t.id);
       impl->added_text.emplace(t.id, t.content);
+      if (t.special) impl->special_ids.insert(t.id);
       if (t.content == kEos) impl->eos = t.id;
       if (t.normalized && !impl->normalizer.is_identity()) {
         std::string buf;
@@ -216,6 +220,14 @@ std::string Tokenizer::token_text(int32_t id) const {
   if (const auto it = impl_->added_text.find(id); it != impl_->added_text.end()) return it->second;
   if (const std::string* t = impl_->bpe.token(id)) return *t;
   throw Error(fmt::format("token id {} is not in the vocabulary (ids run from 0 to {})", id, impl_->id_count - 1));
+}
+
+Tokenizer::Piece Tokenizer::piece(int32_t id) const {
+  if (const auto it = impl_->added_text.find(id); it != impl_->added_text.end()) {
+    return {it->second, impl_->special_ids.contains(id)};
+  }
+  const std::string text = token_text(id);
+  return {tok::byte_level_to_bytes(text).value_or(text), false};
 }
 
 }  // namespace ember

@@ -1,0 +1,166 @@
+// POST /v1/embeddings (OpenAI), POST /embed (TEI), POST /tokenize.
+#include <boost/asio/post.hpp>
+#include <exception>
+#include <string>
+
+#include "ember/error.h"
+#include "serve/routes.h"
+
+namespace ember::serve {
+
+namespace {
+
+// How a request wants its embeddings finished and written.
+struct EmbeddingAnswer {
+  enum class Format { OpenAi, Tei } format;
+  int dimensions = 0;
+  bool normalize = true;
+  bool base64 = false;
+  std::string model;
+};
+
+std::shared_ptr<Engine> ready_engine(const RouteContext& ctx) {
+  auto engine = ctx.slot.engine();
+  const ModelState state = ctx.slot.state();
+  if (!engine || state != ModelState::Ready) {
+    std::string why = "model '" + ctx.slot.served_name() + "' is " + std::string(to_string(state));
+    if (state == ModelState::Failed) why += ": " + ctx.slot.last_error();
+    throw unavailable(why + "; retry shortly", state == ModelState::Loading ? 1 : 5);
+  }
+  return engine;
+}
+
+int64_t max_input_tokens(const RouteContext& ctx, const Engine& engine) {
+  const int64_t model_max = engine.config().max_position_embeddings;
+  const int64_t limit = ctx.options.max_input_tokens;
+  return limit > 0 && limit < model_max ? limit : model_max;
+}
+
+std::string too_long(size_t index, size_t tokens, int64_t limit) {
+  return "input[" + std::to_string(index) + "] has " + std::to_string(tokens) +
+         " tokens, more than the maximum of " + std::to_string(limit) +
+         "; shorten it, or ask for truncation (TEI: \"truncate\": true; server: --auto-truncate)";
+}
+
+// The model-input ids of every input, checked against the vocabulary and the length limit.
+std::vector<std::vector<int32_t>> sequences_of(const RouteContext& ctx, const Engine& engine,
+                                               const EmbeddingInputs& inputs, bool truncate) {
+  const int64_t limit = max_input_tokens(ctx, engine);
+  const int64_t vocab = engine.config().vocab_size;
+  std::vector<std::vector<int32_t>> out(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    auto& ids = out[i];
+    if (inputs.is_tokens) {
+      ids = inputs.token_ids[i];
+      for (int32_t id : ids) {
+        if (id < 0 || id >= vocab) {
+          throw bad_request("input[" + std::to_string(i) + "] holds token id " + std::to_string(id) +
+                                ", outside the model's vocabulary of " + std::to_string(vocab),
+                            "input");
+        }
+      }
+    } else {
+      try {
+        ids = engine.tokenizer().encode_for_model(inputs.texts[i]);
+      } catch (const Error& e) {
+        throw bad_request("input[" + std::to_string(i) + "]: " + e.what(), "input");
+      }
+    }
+    if (static_cast<int64_t>(ids.size()) > limit) {
+      if (!truncate) throw bad_request(too_long(i, ids.size(), limit), "input", "context_length_exceeded");
+      // A text keeps its closing <|endoftext|>: the model pools the last token.
+      const int32_t last = ids.back();
+      ids.resize(static_cast<size_t>(limit));
+      if (!inputs.is_tokens) ids.back() = last;
+    }
+  }
+  return out;
+}
+
+void check_dimensions(const Engine& engine, int dimensions) {
+  const int64_t hidden = engine.config().hidden_size;
+  if (dimensions != 0 && (dimensions < 32 || dimensions > hidden)) {
+    throw bad_request("dimensions must be between 32 and the model's " + std::to_string(hidden) + ", got " +
+                          std::to_string(dimensions),
+                      "dimensions");
+  }
+}
+
+std::string write_answer(const EmbeddingAnswer& answer, std::vector<std::vector<float>>& pooled, int64_t tokens) {
+  for (auto& v : pooled) v = finish_embedding(v, answer.dimensions, answer.normalize);
+  if (answer.format == EmbeddingAnswer::Format::Tei) return write_tei_embeddings(pooled);
+  return write_openai_embeddings(pooled, answer.base64, answer.model, tokens);
+}
+
+void embed(const RouteContext& ctx, const ExchangePtr& ex, const EmbeddingInputs& inputs, bool truncate,
+           EmbeddingAnswer answer) {
+  const auto engine = ready_engine(ctx);
+  check_dimensions(*engine, answer.dimensions);
+  EmbeddingJob job;
+  job.sequences = sequences_of(ctx, *engine, inputs, truncate);
+  int64_t tokens = 0;
+  for (const auto& s : job.sequences) tokens += static_cast<int64_t>(s.size());
+  ex->set_work(static_cast<int64_t>(job.sequences.size()), tokens);
+  ctx.metrics.observe_inputs(static_cast<int64_t>(job.sequences.size()), tokens);
+
+  boost::asio::io_context& io = ctx.io;
+  job.done = [&io, ex, answer, tokens](std::vector<std::vector<float>> pooled, std::exception_ptr error) {
+    // Off the scheduler thread: finishing and writing JSON must not hold up the next batch.
+    boost::asio::post(io, [ex, answer, tokens, pooled = std::move(pooled), error]() mutable {
+      try {
+        if (error) std::rethrow_exception(error);
+        ex->reply(200, write_answer(answer, pooled, tokens));
+      } catch (const ApiError& e) {
+        ex->fail(e);
+      } catch (const std::exception& e) {
+        ex->fail(ApiError(500, std::string("internal error: ") + e.what(), "server_error"));
+      }
+    });
+  };
+  ctx.batcher.submit(std::move(job));
+}
+
+}  // namespace
+
+void post_openai_embeddings(const RouteContext& ctx, const HttpRequest& req, const ExchangePtr& ex) {
+  OpenAiEmbeddingRequest r = parse_openai_embedding_request(req.body(), ctx.options.request);
+  if (!r.model.empty() && r.model != ctx.slot.served_name()) {
+    throw ApiError(404, "the model '" + r.model + "' does not exist; this server serves '" + ctx.slot.served_name() +
+                            "'",
+                   "invalid_request_error", "model", "model_not_found");
+  }
+  EmbeddingAnswer answer{EmbeddingAnswer::Format::OpenAi, r.dimensions, true, r.base64, ctx.slot.served_name()};
+  embed(ctx, ex, r.input, ctx.options.auto_truncate, std::move(answer));
+}
+
+void post_tei_embed(const RouteContext& ctx, const HttpRequest& req, const ExchangePtr& ex) {
+  TeiEmbedRequest r = parse_tei_embed_request(req.body(), ctx.options.request);
+  EmbeddingAnswer answer{EmbeddingAnswer::Format::Tei, r.dimensions, r.normalize, false, ctx.slot.served_name()};
+  embed(ctx, ex, r.inputs, r.truncate.value_or(ctx.options.auto_truncate), std::move(answer));
+}
+
+void post_tokenize(const RouteContext& ctx, const HttpRequest& req, const ExchangePtr& ex) {
+  const TokenizeRequest r = parse_tokenize_request(req.body(), ctx.options.request);
+  const auto engine = ready_engine(ctx);
+  const Tokenizer& tokenizer = engine->tokenizer();
+  std::vector<std::vector<TokenView>> out(r.texts.size());
+  int64_t tokens = 0;
+  for (size_t i = 0; i < r.texts.size(); ++i) {
+    std::vector<int32_t> ids;
+    try {
+      ids = r.add_special_tokens ? tokenizer.encode_for_model(r.texts[i]) : tokenizer.encode(r.texts[i]);
+    } catch (const Error& e) {
+      throw bad_request("inputs[" + std::to_string(i) + "]: " + e.what(), "inputs");
+    }
+    tokens += static_cast<int64_t>(ids.size());
+    out[i].reserve(ids.size());
+    for (int32_t id : ids) {
+      Tokenizer::Piece p = tokenizer.piece(id);
+      out[i].push_back({id, std::move(p.bytes), p.special});
+    }
+  }
+  ex->set_work(static_cast<int64_t>(r.texts.size()), tokens);
+  ex->reply(200, write_tokenize_response(out));
+}
+
+}  // namespace ember::serve

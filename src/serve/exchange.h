@@ -1,0 +1,41 @@
+#pragma once
+// One request's way back to its client: sends the response once, and records it in the metrics and
+// the access log. Shared by the asynchronous steps of a route (tokenize, queue, compute, write).
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "serve/api_error.h"
+#include "serve/http_server.h"
+#include "serve/metrics.h"
+#include "serve/serve_options.h"
+
+namespace ember::serve {
+
+class Exchange {
+ public:
+  Exchange(const HttpRequest& request, std::string route, Respond respond, ServerMetrics& metrics,
+           const ServerLog& log);
+
+  void reply(int status, std::string body, const char* content_type = "application/json");
+  void fail(const ApiError& error);
+  // Inputs and tokens of an embedding or tokenize request, for the log and the metrics.
+  void set_work(int64_t inputs, int64_t tokens);
+  const std::string& route() const { return record_.route; }
+
+ private:
+  void send(HttpResponse response, const std::string& error);
+
+  unsigned version_;
+  Respond respond_;
+  ServerMetrics& metrics_;
+  const ServerLog& log_;
+  RequestRecord record_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// A complete error response in OpenAI's shape, with Retry-After / WWW-Authenticate where they apply.
+HttpResponse error_response(const ApiError& error, unsigned version);
+
+}  // namespace ember::serve
