@@ -12,12 +12,14 @@ ApiError::ApiError(int status_, std::string message, std::string type_, std::str
       code(std::move(code_)) {}
 
 std::string error_body(const ApiError& error) {
-  auto optional = [](const std::string& s) { return s.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(s); };
+  auto optional = [](const std::string& s) {
+    return s.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(s);
+  };
   nlohmann::ordered_json body = {{"error",
-                          {{"message", error.what()},
-                           {"type", error.type},
-                           {"param", optional(error.param)},
-                           {"code", optional(error.code)}}}};
+                                  {{"message", error.what()},
+                                   {"type", error.type},
+                                   {"param", optional(error.param)},
+                                   {"code", optional(error.code)}}}};
   // Invalid UTF-8 in an echoed value must not turn an error report into a second failure.
   return body.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }

@@ -11,10 +11,10 @@ struct ApiError : std::runtime_error {
   ApiError(int status, std::string message, std::string type = "invalid_request_error", std::string param = "",
            std::string code = "");
 
-  int status;          // HTTP status: 400, 401, 404, 405, 413, 429, 503, 500
-  std::string type;    // OpenAI's error type, e.g. "invalid_request_error", "authentication_error"
-  std::string param;   // the request field at fault, "" for none (written as null)
-  std::string code;    // a machine-readable code, "" for none (written as null)
+  int status;             // HTTP status: 400, 401, 404, 405, 413, 429, 503, 500
+  std::string type;       // OpenAI's error type, e.g. "invalid_request_error", "authentication_error"
+  std::string param;      // the request field at fault, "" for none (written as null)
+  std::string code;       // a machine-readable code, "" for none (written as null)
   int retry_after_s = 0;  // > 0: sent as Retry-After (429 and 503)
 };
 
@@ -23,7 +23,7 @@ std::string error_body(const ApiError& error);
 
 // Shorthands for the common kinds.
 ApiError bad_request(std::string message, std::string param = "", std::string code = "");
-ApiError overloaded(std::string message, int retry_after_s);       // 429
-ApiError unavailable(std::string message, int retry_after_s);      // 503
+ApiError overloaded(std::string message, int retry_after_s);   // 429
+ApiError unavailable(std::string message, int retry_after_s);  // 503
 
 }  // namespace ember::serve

@@ -37,8 +37,8 @@ int64_t max_input_tokens(const RouteContext& ctx, const Engine& engine) {
 }
 
 std::string too_long(size_t index, size_t tokens, int64_t limit) {
-  return "input[" + std::to_string(index) + "] has " + std::to_string(tokens) +
-         " tokens, more than the maximum of " + std::to_string(limit) +
+  return "input[" + std::to_string(index) + "] has " + std::to_string(tokens) + " tokens, more than the maximum of " +
+         std::to_string(limit) +
          "; shorten it, or ask for truncation (TEI: \"truncate\": true; server: --auto-truncate)";
 }
 
@@ -125,8 +125,8 @@ void embed(const RouteContext& ctx, const ExchangePtr& ex, const EmbeddingInputs
 void post_openai_embeddings(const RouteContext& ctx, const HttpRequest& req, const ExchangePtr& ex) {
   OpenAiEmbeddingRequest r = parse_openai_embedding_request(req.body(), ctx.options.request);
   if (!r.model.empty() && r.model != ctx.slot.served_name()) {
-    throw ApiError(404, "the model '" + r.model + "' does not exist; this server serves '" + ctx.slot.served_name() +
-                            "'",
+    throw ApiError(404,
+                   "the model '" + r.model + "' does not exist; this server serves '" + ctx.slot.served_name() + "'",
                    "invalid_request_error", "model", "model_not_found");
   }
   EmbeddingAnswer answer{EmbeddingAnswer::Format::OpenAi, r.dimensions, true, r.base64, ctx.slot.served_name()};

@@ -1,8 +1,9 @@
 #include "serve/embedding_server.h"
 
+#include <fmt/format.h>
+
 #include <boost/asio/executor_work_guard.hpp>
 #include <filesystem>
-#include <fmt/format.h>
 
 #include "ember/error.h"
 
@@ -30,13 +31,13 @@ std::string default_served_name(const std::string& model) {
 EmbeddingServer::EmbeddingServer(ServeOptions options, ServerLog log)
     : options_(std::move(options)),
       log_(std::move(log)),
-      slot_(options_.served_model_name.empty() ? default_served_name(options_.engine.model)
-                                               : options_.served_model_name,
-            options_.engine) {
+      slot_(
+          options_.served_model_name.empty() ? default_served_name(options_.engine.model) : options_.served_model_name,
+          options_.engine) {
   options_.batch.max_batch_tokens = options_.engine.max_batch_tokens;
   batcher_ = std::make_unique<TokenBudgetBatcher>(slot_, metrics_, options_.batch);
-  router_ = std::make_unique<Router>(RouteContext{slot_, *batcher_, metrics_, options_, log_, io_,
-                                                  std::chrono::system_clock::now()});
+  router_ = std::make_unique<Router>(
+      RouteContext{slot_, *batcher_, metrics_, options_, log_, io_, std::chrono::system_clock::now()});
   http_ = std::make_unique<HttpServer>(
       io_, options_.http, [this](HttpRequest&& req, Respond respond) { router_->handle(std::move(req), respond); },
       [](int status, const std::string& message) { return error_response(ApiError(status, message), 11); });
@@ -62,14 +63,13 @@ void EmbeddingServer::start(int listening_fd) {
       io_.run();
     });
   }
-  log_.event(LogLevel::Info, fmt::format("listening on {}:{} ({} HTTP threads); loading model '{}'",
-                                         options_.http.host, port(), threads, options_.engine.model));
+  log_.event(LogLevel::Info, fmt::format("listening on {}:{} ({} HTTP threads); loading model '{}'", options_.http.host,
+                                         port(), threads, options_.engine.model));
   if (slot_.load() != ModelState::Ready) throw Error("cannot load the model: " + slot_.last_error());
   const auto facts = slot_.facts();
-  log_.event(LogLevel::Info,
-             fmt::format("model '{}' ready in {:.2f} s: {} layers, hidden {}, {} MB of device memory",
-                         slot_.served_name(), facts->load_seconds, facts->config.num_hidden_layers,
-                         facts->config.hidden_size, facts->device_memory_bytes >> 20));
+  log_.event(LogLevel::Info, fmt::format("model '{}' ready in {:.2f} s: {} layers, hidden {}, {} MB of device memory",
+                                         slot_.served_name(), facts->load_seconds, facts->config.num_hidden_layers,
+                                         facts->config.hidden_size, facts->device_memory_bytes >> 20));
 }
 
 uint16_t EmbeddingServer::port() const { return http_->port(); }
@@ -94,8 +94,7 @@ bool EmbeddingServer::wait() {
   const bool answered = batcher_->drain(options_.drain_timeout);
   if (!answered) {
     log_.event(LogLevel::Warning, fmt::format("drain timeout ({} ms) passed with {} requests unanswered",
-                                              options_.drain_timeout.count(),
-                                              batcher_->load().requests_in_flight));
+                                              options_.drain_timeout.count(), batcher_->load().requests_in_flight));
   }
   wait_for_connections_to_close(std::chrono::seconds(5));
   io_.stop();

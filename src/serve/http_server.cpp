@@ -81,8 +81,8 @@ class HttpServer::Session : public std::enable_shared_from_this<HttpServer::Sess
                              std::to_string(context_->options.body_limit) + " bytes");
     }
     if (ec == http::error::header_limit) return reject(431, "the request headers are too large");
-    if (ec.category() == http::make_error_code(http::error::bad_target).category() && ec != http::error::end_of_stream &&
-        ec != http::error::partial_message) {
+    if (ec.category() == http::make_error_code(http::error::bad_target).category() &&
+        ec != http::error::end_of_stream && ec != http::error::partial_message) {
       return reject(400, "malformed HTTP request: " + ec.message());
     }
     close();  // end of stream, timeout, reset, or shutdown
@@ -103,8 +103,7 @@ class HttpServer::Session : public std::enable_shared_from_this<HttpServer::Sess
     auto answered = std::make_shared<std::atomic<bool>>(false);
     Respond respond = [self = shared_from_this(), answered](HttpResponse res) {
       if (answered->exchange(true)) return;
-      asio::post(self->stream_.get_executor(),
-                 [self, res = std::move(res)]() mutable { self->write(std::move(res)); });
+      asio::post(self->stream_.get_executor(), [self, res = std::move(res)]() mutable { self->write(std::move(res)); });
     };
     try {
       context_->handler(std::move(req), respond);
@@ -139,7 +138,7 @@ class HttpServer::Session : public std::enable_shared_from_this<HttpServer::Sess
   std::optional<http::request_parser<http::string_body>> parser_;
   std::shared_ptr<HttpResponse> response_;
   bool keep_alive_ = true;
-  bool busy_ = false;      // a request is being read, handled or answered
+  bool busy_ = false;  // a request is being read, handled or answered
   bool stopping_ = false;
   bool served_any_ = false;
 };

@@ -25,11 +25,11 @@ using ErrorResponder = std::function<HttpResponse(int status, const std::string&
 
 struct HttpServerOptions {
   std::string host = "127.0.0.1";
-  uint16_t port = 8080;                       // 0: any free port (see HttpServer::port())
-  uint64_t body_limit = 64ull << 20;          // bytes; larger bodies get 413
-  uint32_t header_limit = 64u << 10;          // bytes of request line + headers
-  std::chrono::seconds read_timeout{30};      // to read one whole request once it has started
-  std::chrono::seconds idle_timeout{75};      // keep-alive connection with no request
+  uint16_t port = 8080;                   // 0: any free port (see HttpServer::port())
+  uint64_t body_limit = 64ull << 20;      // bytes; larger bodies get 413
+  uint32_t header_limit = 64u << 10;      // bytes of request line + headers
+  std::chrono::seconds read_timeout{30};  // to read one whole request once it has started
+  std::chrono::seconds idle_timeout{75};  // keep-alive connection with no request
   std::chrono::seconds write_timeout{60};
 };
 

@@ -39,8 +39,8 @@ void get_info(const RouteContext& ctx, const HttpRequest&, const ExchangePtr& ex
   };
   if (const auto facts = ctx.slot.facts()) {
     const int64_t model_max = facts->config.max_position_embeddings;
-    body["max_input_length"] = o.max_input_tokens > 0 && o.max_input_tokens < model_max ? o.max_input_tokens
-                                                                                         : model_max;
+    body["max_input_length"] =
+        o.max_input_tokens > 0 && o.max_input_tokens < model_max ? o.max_input_tokens : model_max;
     body["hidden_size"] = facts->config.hidden_size;
     body["model_dir"] = facts->model_dir;
     body["model_memory_bytes"] = facts->device_memory_bytes;
@@ -51,8 +51,8 @@ void get_info(const RouteContext& ctx, const HttpRequest&, const ExchangePtr& ex
 
 void get_models(const RouteContext& ctx, const HttpRequest&, const ExchangePtr& ex) {
   const auto created = std::chrono::duration_cast<std::chrono::seconds>(ctx.started.time_since_epoch()).count();
-  nlohmann::ordered_json model = {{"id", ctx.slot.served_name()}, {"object", "model"}, {"created", created},
-                          {"owned_by", "ember"}};
+  nlohmann::ordered_json model = {
+      {"id", ctx.slot.served_name()}, {"object", "model"}, {"created", created}, {"owned_by", "ember"}};
   nlohmann::ordered_json body = {{"object", "list"}, {"data", nlohmann::ordered_json::array({model})}};
   ex->reply(200, body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 }

@@ -1,8 +1,7 @@
-#include "serve/routes.h"
-
 #include <exception>
 
 #include "ember/error.h"
+#include "serve/routes.h"
 
 namespace ember::serve {
 

@@ -17,12 +17,12 @@ namespace ember::serve {
 struct RequestRecord {
   std::string method;
   std::string target;
-  std::string route; // the matched route, or "other"
+  std::string route;  // the matched route, or "other"
   int status = 0;
   double seconds = 0.0;
-  int64_t inputs = 0; // embedding and tokenize routes only
+  int64_t inputs = 0;  // embedding and tokenize routes only
   int64_t tokens = 0;
-  std::string error; // the error message for 4xx/5xx
+  std::string error;  // the error message for 4xx/5xx
 };
 
 enum class LogLevel { Info, Warning, Error };
@@ -31,25 +31,22 @@ enum class LogLevel { Info, Warning, Error };
 // unless disabled, each request. The library never prints; the CLI decides the
 // format and the destination.
 struct ServerLog {
-  std::function<void(LogLevel, const std::string &)> event =
-      [](LogLevel, const std::string &) {};
-  std::function<void(const RequestRecord &)>
-      request; // empty: requests are not logged
+  std::function<void(LogLevel, const std::string&)> event = [](LogLevel, const std::string&) {};
+  std::function<void(const RequestRecord&)> request;  // empty: requests are not logged
 };
 
 struct ServeOptions {
   EngineOptions engine;
-  std::string served_model_name; // "": the model folder's name
+  std::string served_model_name;  // "": the model folder's name
   HttpServerOptions http;
   BatchLimits batch;
   RequestLimits request;
-  int64_t max_input_tokens = 0; // 0: the model's maximum
-  bool auto_truncate = false;   // over-long inputs are cut instead of refused
-  std::string api_key; // non-empty: every route but /health and /metrics needs
-                       // "Bearer <key>"
-  int io_threads = 0;  // 0: one per core, at least 2
-  std::chrono::milliseconds drain_timeout{
-      30000}; // SIGTERM: time allowed for requests in flight
+  int64_t max_input_tokens = 0;                    // 0: the model's maximum
+  bool auto_truncate = false;                      // over-long inputs are cut instead of refused
+  std::string api_key;                             // non-empty: every route but /health and /metrics needs
+                                                   // "Bearer <key>"
+  int io_threads = 0;                              // 0: one per core, at least 2
+  std::chrono::milliseconds drain_timeout{30000};  // SIGTERM: time allowed for requests in flight
 };
 
-} // namespace ember::serve
+}  // namespace ember::serve

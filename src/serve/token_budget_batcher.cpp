@@ -43,9 +43,9 @@ void TokenBudgetBatcher::submit(EmbeddingJob job) {
 
   const ModelState state = slot_.state();
   if (state != ModelState::Ready) {
-    throw unavailable("model '" + slot_.served_name() + "' is " + std::string(to_string(state)) +
-                          ", not ready; retry shortly",
-                      state == ModelState::Loading ? 1 : 5);
+    throw unavailable(
+        "model '" + slot_.served_name() + "' is " + std::string(to_string(state)) + ", not ready; retry shortly",
+        state == ModelState::Loading ? 1 : 5);
   }
   auto state_ptr = std::make_shared<JobState>();
   state_ptr->remaining = job.sequences.size();
@@ -61,8 +61,8 @@ void TokenBudgetBatcher::submit(EmbeddingJob job) {
     }
     // An idle queue admits any request that passed the per-request limits, however large.
     if (queued_tokens_ > 0 && queued_tokens_ + tokens > limits_.max_queued_tokens) {
-      throw overloaded("the queue holds " + std::to_string(queued_tokens_) +
-                           " tokens, the limit is " + std::to_string(limits_.max_queued_tokens) + "; retry shortly",
+      throw overloaded("the queue holds " + std::to_string(queued_tokens_) + " tokens, the limit is " +
+                           std::to_string(limits_.max_queued_tokens) + "; retry shortly",
                        1);
     }
     for (size_t i = 0; i < count; ++i) queue_.push_back({state_ptr, i});
@@ -153,8 +153,7 @@ void TokenBudgetBatcher::compute(std::vector<QueuedSequence>& batch) {
   } catch (const ApiError&) {
     error = std::current_exception();
   } catch (const std::exception& e) {
-    error = std::make_exception_ptr(ApiError(500, std::string("the forward pass failed: ") + e.what(),
-                                             "server_error"));
+    error = std::make_exception_ptr(ApiError(500, std::string("the forward pass failed: ") + e.what(), "server_error"));
   }
   metrics_.observe_batch(static_cast<int64_t>(batch.size()), tokens,
                          std::chrono::duration<double>(Clock::now() - start).count());

@@ -11,25 +11,25 @@
 namespace ember::cli {
 
 class ServerLogWriter {
-public:
+ public:
   // format: "text" | "json"; path: "" for stderr. Throws ember::Error when the
   // file cannot be opened.
-  ServerLogWriter(const std::string &format, const std::string &path);
+  ServerLogWriter(const std::string& format, const std::string& path);
   ~ServerLogWriter();
 
-  void event(serve::LogLevel level, const std::string &message);
-  void request(const serve::RequestRecord &record);
+  void event(serve::LogLevel level, const std::string& message);
+  void request(const serve::RequestRecord& record);
   // The callbacks the server reports through; requests only when
   // `log_requests`.
   serve::ServerLog sink(bool log_requests);
 
-private:
-  void write(const std::string &line);
+ private:
+  void write(const std::string& line);
 
   bool json_;
-  std::FILE *file_;
+  std::FILE* file_;
   bool owns_file_;
   std::mutex mutex_;
 };
 
-} // namespace ember::cli
+}  // namespace ember::cli
