@@ -146,9 +146,9 @@ class HttpServer::Session : public std::enable_shared_from_this<HttpServer::Sess
 HttpServer::HttpServer(asio::io_context& io, HttpServerOptions options, Handler handler, ErrorResponder on_error)
     : io_(io),
       options_(std::move(options)),
-      handler_(std::move(handler)),
-      on_error_(std::move(on_error)),
-      acceptor_(asio::make_strand(io)) {}
+      context_(std::make_shared<SessionContext>(SessionContext{options_, std::move(handler), std::move(on_error)})),
+      acceptor_(asio::make_strand(io)),
+      retry_timer_(acceptor_.get_executor()) {}
 
 HttpServer::~HttpServer() = default;
 
@@ -188,14 +188,18 @@ void HttpServer::accept() {
   acceptor_.async_accept(asio::make_strand(io_), [this](beast::error_code ec, tcp::socket socket) {
     if (ec == asio::error::operation_aborted) return;
     if (!ec) {
-      auto context = std::make_shared<SessionContext>(SessionContext{options_, handler_, on_error_});
-      auto session = std::make_shared<Session>(std::move(socket), std::move(context));
+      auto session = std::make_shared<Session>(std::move(socket), context_);
       track(session);
       session->start();
     }
-    // Transient failures (e.g. out of file descriptors) must not stop the server from accepting.
     std::lock_guard lock(sessions_mutex_);
-    if (!stopped_) accept();
+    if (stopped_) return;
+    if (!ec) return accept();
+    // A transient failure (out of file descriptors, say) must neither stop accepting nor spin.
+    retry_timer_.expires_after(std::chrono::milliseconds(50));
+    retry_timer_.async_wait([this](beast::error_code timer_ec) {
+      if (!timer_ec) accept();
+    });
   });
 }
 

@@ -5,6 +5,7 @@
 // answers through a Respond callback that may run later on any thread (exactly once).
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/beast/http.hpp>
 #include <chrono>
 #include <cstdint>
@@ -15,6 +16,8 @@
 #include <vector>
 
 namespace ember::serve {
+
+struct SessionContext;
 
 using HttpRequest = boost::beast::http::request<boost::beast::http::string_body>;
 using HttpResponse = boost::beast::http::response<boost::beast::http::string_body>;
@@ -56,9 +59,9 @@ class HttpServer {
 
   boost::asio::io_context& io_;
   const HttpServerOptions options_;
-  Handler handler_;
-  ErrorResponder on_error_;
+  std::shared_ptr<const SessionContext> context_;  // what every session shares
   boost::asio::ip::tcp::acceptor acceptor_;
+  boost::asio::steady_timer retry_timer_;
   mutable std::mutex sessions_mutex_;
   std::vector<std::weak_ptr<Session>> sessions_;
   bool stopped_ = false;
