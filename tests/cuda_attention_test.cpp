@@ -1,6 +1,7 @@
 // Parity of the CUDA attention kernels with a double-precision CPU reference over packed
 // variable-length batches: odd lengths, tile boundaries, GQA ratios, every head_dim, long
-// sequences (sampled rows), causality and isolation between sequences. Skips without a GPU.
+// sequences (sampled rows), causality and isolation between sequences; each with bf16 and with
+// fp16 tensors. Skips without a GPU.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -9,6 +10,7 @@
 #include <cstdint>
 #include <numeric>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "backend/cuda/attention.h"
@@ -17,6 +19,7 @@
 
 namespace {
 
+using ember::DType;
 using ember::cuda::AttentionKernel;
 
 bool has_device() {
@@ -65,14 +68,38 @@ class DeviceBuffer {
   void* ptr_ = nullptr;
 };
 
+// The 16-bit type's bits of x (rounded to nearest even), and the value of such bits.
+uint16_t to_bits(DType dt, float x) { return dt == DType::F16 ? ember::f32_to_f16(x) : ember::f32_to_bf16(x); }
+float from_bits(DType dt, uint16_t h) { return dt == DType::F16 ? ember::f16_to_f32(h) : ember::bf16_to_f32(h); }
+
 struct Problem {
   std::vector<int> lens;
   int hq = 0, hkv = 0, d = 0;
   std::vector<int32_t> offsets;  // [S + 1]
   int64_t tokens = 0;
   int max_len = 0;
-  std::vector<uint16_t> q, k, v;  // bf16 bits, [T, H, D]
+  DType dtype = DType::BF16;      // BF16 or F16
+  std::vector<uint16_t> q, k, v;  // bits of dtype, [T, H, D]
+  float value(uint16_t h) const { return from_bits(dtype, h); }
 };
+
+// attention_varlen_with on tensors of p.dtype.
+void launch_attention(const Problem& p, AttentionKernel kernel, const void* q, const void* k, const void* v, void* out,
+                      const int32_t* offsets, cudaStream_t stream, int64_t q_row_stride = 0,
+                      int64_t kv_row_stride = 0) {
+  const auto run = [&](auto* type) {
+    using T = std::remove_pointer_t<decltype(type)>;
+    ember::cuda::attention_varlen_with<T>(kernel, static_cast<const T*>(q), static_cast<const T*>(k),
+                                          static_cast<const T*>(v), static_cast<T*>(out), offsets,
+                                          static_cast<int>(p.lens.size()), p.tokens, p.max_len, p.hq, p.hkv, p.d,
+                                          stream, q_row_stride, kv_row_stride);
+  };
+  if (p.dtype == DType::F16) {
+    run(static_cast<__half*>(nullptr));
+  } else {
+    run(static_cast<__nv_bfloat16*>(nullptr));
+  }
+}
 
 // Deterministic values in [-1, 1).
 struct Rng {
@@ -85,8 +112,9 @@ struct Rng {
 
 // Queries are scaled up so the softmax is peaked (scores of a few units), which exercises the
 // running maximum; keys and values stay in [-1, 1).
-Problem make_problem(std::vector<int> lens, int hq, int hkv, int d, uint64_t seed = 1) {
+Problem make_problem(DType dtype, std::vector<int> lens, int hq, int hkv, int d, uint64_t seed = 1) {
   Problem p;
+  p.dtype = dtype;
   p.lens = std::move(lens);
   p.hq = hq;
   p.hkv = hkv;
@@ -99,9 +127,9 @@ Problem make_problem(std::vector<int> lens, int hq, int hkv, int d, uint64_t see
   p.q.resize(p.tokens * hq * d);
   p.k.resize(p.tokens * hkv * d);
   p.v.resize(p.tokens * hkv * d);
-  for (auto& x : p.q) x = ember::f32_to_bf16(8.0f * rng.next());
-  for (auto& x : p.k) x = ember::f32_to_bf16(rng.next());
-  for (auto& x : p.v) x = ember::f32_to_bf16(rng.next());
+  for (auto& x : p.q) x = to_bits(dtype, 8.0f * rng.next());
+  for (auto& x : p.k) x = to_bits(dtype, rng.next());
+  for (auto& x : p.v) x = to_bits(dtype, rng.next());
   return p;
 }
 
@@ -127,10 +155,8 @@ struct DeviceProblem {
   // NaN fill: a row the kernel forgets to write fails the comparison.
   void clear_output() { cudaMemset(out.as<void>(), 0xFF, p.q.size() * 2); }
   void launch(AttentionKernel kernel, cudaStream_t stream) {
-    ember::cuda::attention_varlen_with(kernel, q.as<__nv_bfloat16>(), k.as<__nv_bfloat16>(), v.as<__nv_bfloat16>(),
-                                       out.as<__nv_bfloat16>(), offsets.as<int32_t>(),
-                                       static_cast<int>(p.lens.size()), p.tokens, p.max_len, p.hq, p.hkv, p.d,
-                                       stream);
+    launch_attention(p, kernel, q.as<void>(), k.as<void>(), v.as<void>(), out.as<void>(), offsets.as<int32_t>(),
+                     stream);
   }
   std::vector<uint16_t> download() {
     std::vector<uint16_t> result(p.q.size());
@@ -146,19 +172,19 @@ std::vector<uint16_t> run(const Problem& p, AttentionKernel kernel) {
   return dev.download();
 }
 
-// out[t, h, :] in double precision from the same bf16 inputs.
+// out[t, h, :] in double precision from the same 16-bit inputs.
 std::vector<double> reference_row(const Problem& p, int64_t t, int h) {
   const int64_t s = std::upper_bound(p.offsets.begin(), p.offsets.end(), t) - p.offsets.begin() - 1;
   const int64_t begin = p.offsets[s];
   const int d = p.d, g = h / (p.hq / p.hkv);
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   std::vector<double> qrow(d), scores(t - begin + 1), acc(d, 0.0);
-  for (int e = 0; e < d; ++e) qrow[e] = ember::bf16_to_f32(p.q[(t * p.hq + h) * d + e]);
+  for (int e = 0; e < d; ++e) qrow[e] = p.value(p.q[(t * p.hq + h) * d + e]);
   double mx = -INFINITY;
   for (int64_t j = begin; j <= t; ++j) {
     const uint16_t* kr = &p.k[(j * p.hkv + g) * d];
     double dot = 0.0;
-    for (int e = 0; e < d; ++e) dot += qrow[e] * ember::bf16_to_f32(kr[e]);
+    for (int e = 0; e < d; ++e) dot += qrow[e] * p.value(kr[e]);
     scores[j - begin] = dot * scale;
     mx = std::max(mx, scores[j - begin]);
   }
@@ -167,7 +193,7 @@ std::vector<double> reference_row(const Problem& p, int64_t t, int h) {
     const double w = std::exp(scores[j - begin] - mx);
     sum += w;
     const uint16_t* vr = &p.v[(j * p.hkv + g) * d];
-    for (int e = 0; e < d; ++e) acc[e] += w * ember::bf16_to_f32(vr[e]);
+    for (int e = 0; e < d; ++e) acc[e] += w * p.value(vr[e]);
   }
   for (auto& x : acc) x /= sum;
   return acc;
@@ -183,8 +209,8 @@ Reference reference(const Problem& p, const std::vector<int64_t>& rows) {
   return ref;
 }
 
-// Compares the given token rows (every head) against the reference. The tolerance covers bf16
-// rounding of the output and of the softmax weights fed to the P·V product.
+// Compares the given token rows (every head) against the reference. The tolerance covers the
+// rounding (bf16's, the coarser) of the output and of the softmax weights fed to the P·V product.
 void expect_matches(const Problem& p, const std::vector<uint16_t>& out, const std::vector<int64_t>& rows,
                     const Reference& ref, const std::string& what) {
   int64_t bad = 0;
@@ -195,7 +221,7 @@ void expect_matches(const Problem& p, const std::vector<uint16_t>& out, const st
     for (int h = 0; h < p.hq; ++h) {
       for (int e = 0; e < p.d; ++e) {
         const double want = ref[i][h][e];
-        const double got = ember::bf16_to_f32(out[(t * p.hq + h) * p.d + e]);
+        const double got = p.value(out[(t * p.hq + h) * p.d + e]);
         const double err = std::abs(got - want);
         if (!(err <= 6e-3 + 1e-2 * std::abs(want))) {
           if (bad++ == 0)
@@ -228,7 +254,7 @@ std::vector<int64_t> sample_rows(const Problem& p, int64_t stride) {
 }
 
 std::string describe(const Problem& p, AttentionKernel k) {
-  return std::string(kernel_name(k)) + " d=" + std::to_string(p.d) + " hq=" + std::to_string(p.hq) +
+  return std::string(kernel_name(k)) + " " + ember::dtype_name(p.dtype) + " d=" + std::to_string(p.d) + " hq=" + std::to_string(p.hq) +
          " hkv=" + std::to_string(p.hkv) + " T=" + std::to_string(p.tokens);
 }
 
@@ -240,35 +266,42 @@ void check_kernels(const Problem& p, const std::vector<int64_t>& rows, std::vect
   for (AttentionKernel k : ks) expect_matches(p, run(p, k), rows, ref, describe(p, k));
 }
 
-TEST(CudaAttention, SingleTokenSequence) {
+class CudaAttention : public ::testing::TestWithParam<DType> {};
+
+INSTANTIATE_TEST_SUITE_P(HalfTypes, CudaAttention, ::testing::Values(DType::BF16, DType::F16),
+                         [](const ::testing::TestParamInfo<DType>& info) {
+                           return info.param == DType::F16 ? "fp16" : "bf16";
+                         });
+
+TEST_P(CudaAttention, SingleTokenSequence) {
   SKIP_WITHOUT_GPU();
   for (int d : {16, 64, 128, 256}) {
-    const Problem p = make_problem({1}, 4, 1, d);
+    const Problem p = make_problem(GetParam(), {1}, 4, 1, d);
     check_kernels(p, all_rows(p));
   }
 }
 
-TEST(CudaAttention, PackedOddLengthsEveryHeadDimAndGroupRatio) {
+TEST_P(CudaAttention, PackedOddLengthsEveryHeadDimAndGroupRatio) {
   SKIP_WITHOUT_GPU();
   for (int d : {16, 32, 64, 128, 256}) {
     for (int ratio : {1, 2, 4, 8}) {
-      const Problem p = make_problem({1, 7, 33, 100, 129}, 8, 8 / ratio, d, d * 10 + ratio);
+      const Problem p = make_problem(GetParam(), {1, 7, 33, 100, 129}, 8, 8 / ratio, d, d * 10 + ratio);
       check_kernels(p, all_rows(p));
     }
   }
 }
 
-TEST(CudaAttention, LengthsAroundTileBoundaries) {
+TEST_P(CudaAttention, LengthsAroundTileBoundaries) {
   SKIP_WITHOUT_GPU();
   for (int d : {64, 128}) {
-    const Problem p = make_problem({63, 64, 65, 2, 127, 128, 129, 255, 256, 257, 300}, 4, 2, d, 3);
+    const Problem p = make_problem(GetParam(), {63, 64, 65, 2, 127, 128, 129, 255, 256, 257, 300}, 4, 2, d, 3);
     check_kernels(p, all_rows(p));
   }
 }
 
-TEST(CudaAttention, ManyShortSequencesQwenShape) {
+TEST_P(CudaAttention, ManyShortSequencesQwenShape) {
   SKIP_WITHOUT_GPU();
-  const Problem p = make_problem(std::vector<int>(256, 32), 32, 8, 128, 4);
+  const Problem p = make_problem(GetParam(), std::vector<int>(256, 32), 32, 8, 128, 4);
   std::vector<int64_t> rows;
   for (int64_t t = 0; t < p.tokens; t += 5) rows.push_back(t);
   check_kernels(p, rows, {AttentionKernel::Auto});
@@ -277,14 +310,14 @@ TEST(CudaAttention, ManyShortSequencesQwenShape) {
 // q, k and v read in place from one fused [T, (hq + 2 hkv) * d] projection output through row
 // strides, as the CUDA backend runs them; GQA groups that pack into the wgmma tile (2, 4, 8) and
 // one that does not (3).
-TEST(CudaAttention, FusedQkvRowStrides) {
+TEST_P(CudaAttention, FusedQkvRowStrides) {
   SKIP_WITHOUT_GPU();
   struct Heads {
     int hq, hkv;
   };
   for (int d : {64, 128}) {
     for (const Heads h : {Heads{32, 8}, Heads{6, 2}, Heads{16, 2}, Heads{4, 2}}) {
-      const Problem p = make_problem({1, 31, 32, 33, 200, 5}, h.hq, h.hkv, d, 20 + d + h.hq);
+      const Problem p = make_problem(GetParam(), {1, 31, 32, 33, 200, 5}, h.hq, h.hkv, d, 20 + d + h.hq);
       const int64_t row = int64_t{h.hq + 2 * h.hkv} * d;
       std::vector<uint16_t> fused(p.tokens * row);
       for (int64_t t = 0; t < p.tokens; ++t) {
@@ -298,11 +331,9 @@ TEST(CudaAttention, FusedQkvRowStrides) {
       const Reference ref = reference(p, all_rows(p));
       for (AttentionKernel k : kernels_for(d)) {
         cudaMemset(out.as<void>(), 0xFF, p.q.size() * 2);
-        const __nv_bfloat16* base = qkv.as<__nv_bfloat16>();
-        ember::cuda::attention_varlen_with(k, base, base + h.hq * d, base + (h.hq + h.hkv) * d,
-                                           out.as<__nv_bfloat16>(), offsets.as<int32_t>(),
-                                           static_cast<int>(p.lens.size()), p.tokens, p.max_len, h.hq, h.hkv, d,
-                                           nullptr, row, row);
+        const uint16_t* base = qkv.as<uint16_t>();
+        launch_attention(p, k, base, base + h.hq * d, base + (h.hq + h.hkv) * d, out.as<void>(), offsets.as<int32_t>(),
+                         nullptr, row, row);
         std::vector<uint16_t> result(p.q.size());
         cuda_ok(cudaDeviceSynchronize(), "attention kernel");
         cudaMemcpy(result.data(), out.as<void>(), result.size() * 2, cudaMemcpyDeviceToHost);
@@ -312,32 +343,32 @@ TEST(CudaAttention, FusedQkvRowStrides) {
   }
 }
 
-TEST(CudaAttention, Sequence4096) {
+TEST_P(CudaAttention, Sequence4096) {
   SKIP_WITHOUT_GPU();
-  const Problem p = make_problem({4096}, 8, 2, 128, 5);
+  const Problem p = make_problem(GetParam(), {4096}, 8, 2, 128, 5);
   check_kernels(p, sample_rows(p, 61));
 }
 
-TEST(CudaAttention, Sequence32768SampledRows) {
+TEST_P(CudaAttention, Sequence32768SampledRows) {
   SKIP_WITHOUT_GPU();
-  const Problem p = make_problem({32768}, 8, 2, 128, 6);
+  const Problem p = make_problem(GetParam(), {32768}, 8, 2, 128, 6);
   check_kernels(p, sample_rows(p, 1499));
 }
 
 // Changing the keys/values of later tokens of a sequence, or anything in other sequences, must
 // leave earlier outputs bit-identical.
-TEST(CudaAttention, CausalAndSequencesIsolated) {
+TEST_P(CudaAttention, CausalAndSequencesIsolated) {
   SKIP_WITHOUT_GPU();
   for (int d : {64, 128}) {
-    const Problem p = make_problem({50, 200, 77}, 4, 2, d, 7);
+    const Problem p = make_problem(GetParam(), {50, 200, 77}, 4, 2, d, 7);
     Problem changed = p;
     const int64_t cut = p.offsets[1] + 120;  // last unchanged token of sequence 1
     Rng rng{99};
     for (int64_t t = 0; t < p.tokens; ++t) {
       if (t >= p.offsets[1] && t <= cut) continue;
       for (int64_t i = t * p.hkv * d; i < (t + 1) * p.hkv * d; ++i) {
-        changed.k[i] = ember::f32_to_bf16(rng.next());
-        changed.v[i] = ember::f32_to_bf16(rng.next());
+        changed.k[i] = to_bits(p.dtype, rng.next());
+        changed.v[i] = to_bits(p.dtype, rng.next());
       }
     }
     const Reference ref = reference(changed, all_rows(changed));
@@ -353,9 +384,9 @@ TEST(CudaAttention, CausalAndSequencesIsolated) {
 
 // The CUDA backend records whole forward passes into CUDA graphs: a captured launch must replay
 // to the same bits as a direct one.
-TEST(CudaAttention, ReplaysFromCudaGraph) {
+TEST_P(CudaAttention, ReplaysFromCudaGraph) {
   SKIP_WITHOUT_GPU();
-  const Problem p = make_problem({5, 130, 300}, 8, 2, 128, 8);
+  const Problem p = make_problem(GetParam(), {5, 130, 300}, 8, 2, 128, 8);
   for (AttentionKernel k : kernels_for(p.d)) {
     DeviceProblem dev(p);
     dev.launch(k, nullptr);
@@ -380,9 +411,10 @@ TEST(CudaAttention, ReplaysFromCudaGraph) {
   }
 }
 
-TEST(CudaAttention, RejectsUnsupportedShapes) {
+TEST(CudaAttentionArguments, RejectsUnsupportedShapes) {
   const auto call = [](int hq, int hkv, int d, AttentionKernel k = AttentionKernel::Auto) {
-    ember::cuda::attention_varlen_with(k, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 1, 1, hq, hkv, d, nullptr);
+    ember::cuda::attention_varlen_with<__nv_bfloat16>(k, nullptr, nullptr, nullptr, nullptr, nullptr, 1, 1, 1, hq, hkv,
+                                                      d, nullptr);
   };
   EXPECT_THROW(call(4, 4, 48), ember::Error);
   EXPECT_THROW(call(4, 4, 512), ember::Error);
@@ -398,9 +430,9 @@ TEST(CudaAttention, RejectsUnsupportedShapes) {
   EXPECT_THROW(strided(0, 2 * 64 + 4), ember::Error);  // not 16-byte steps
 }
 
-TEST(CudaAttention, EmptyBatchLaunchesNothing) {
-  EXPECT_NO_THROW(ember::cuda::attention_varlen(nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, 0, 32, 8, 128,
-                                                nullptr));
+TEST(CudaAttentionArguments, EmptyBatchLaunchesNothing) {
+  EXPECT_NO_THROW(ember::cuda::attention_varlen<__half>(nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0, 0, 32, 8,
+                                                        128, nullptr));
 }
 
 }  // namespace

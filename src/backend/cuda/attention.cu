@@ -37,12 +37,12 @@ dim3 grid_for(int num_q_heads, int num_seqs, int max_seq_len, int block_m) {
   return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y));
 }
 
-template <int D>
-void launch_mma(const AttentionParams& p, int num_seqs, int max_seq_len, cudaStream_t stream) {
+template <int D, class T>
+void launch_mma(const AttentionParams<T>& p, int num_seqs, int max_seq_len, cudaStream_t stream) {
   using C = MmaConfig<D>;
-  check(cudaFuncSetAttribute(attention_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes),
+  check(cudaFuncSetAttribute(attention_mma_kernel<D, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes),
         "raising the shared-memory limit of the mma kernel");
-  attention_mma_kernel<D><<<grid_for(p.hq, num_seqs, max_seq_len, C::kBM), C::kThreads, C::kSmemBytes, stream>>>(p);
+  attention_mma_kernel<D, T><<<grid_for(p.hq, num_seqs, max_seq_len, C::kBM), C::kThreads, C::kSmemBytes, stream>>>(p);
   check(cudaGetLastError(), "launching the mma kernel (head_dim " + std::to_string(D) + ")");
 }
 
@@ -60,17 +60,20 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// x: [tokens, heads, d] bf16 with token rows row_stride elements apart, viewed as a 3-D tensor;
+// x: [tokens, heads, d] of T with token rows row_stride elements apart, viewed as a 3-D tensor;
 // one box is 64 columns (128 bytes, the swizzle width) of `box_heads` consecutive heads for
 // `rows` consecutive tokens, landing in shared memory as rows * box_heads rows of 128 bytes.
-CUtensorMap tensor_map(const void* x, int64_t tokens, int heads, int d, int64_t row_stride, int box_heads, int rows) {
+template <class T>
+CUtensorMap tensor_map(const T* x, int64_t tokens, int heads, int d, int64_t row_stride, int box_heads, int rows) {
+  constexpr CUtensorMapDataType type =
+      ptx::kIsF16<T> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   CUtensorMap map;
   const cuuint64_t dims[3] = {static_cast<cuuint64_t>(d), static_cast<cuuint64_t>(heads),
                               static_cast<cuuint64_t>(tokens)};
   const cuuint64_t strides[2] = {static_cast<cuuint64_t>(d) * 2, static_cast<cuuint64_t>(row_stride) * 2};
   const cuuint32_t box[3] = {64, static_cast<cuuint32_t>(box_heads), static_cast<cuuint32_t>(rows)};
   const cuuint32_t elem_strides[3] = {1, 1, 1};
-  const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(x), dims,
+  const CUresult r = tensor_map_encoder()(&map, type, 3, const_cast<T*>(x), dims,
                                           strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
                                           CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
@@ -87,15 +90,15 @@ int pack_shift(int group, int block_m) {
   return shift;
 }
 
-template <int D>
-void launch_wgmma(const AttentionParams& p, int num_seqs, int max_seq_len, cudaStream_t stream) {
+template <int D, class T>
+void launch_wgmma(const AttentionParams<T>& p, int num_seqs, int max_seq_len, cudaStream_t stream) {
   using C = WgmmaConfig<D>;
   const int shift = pack_shift(p.group, C::kBM);
   const CUtensorMap tm_q = tensor_map(p.q, p.tokens, p.hq, D, p.q_stride, 1 << shift, C::kBM >> shift);
   const CUtensorMap tm_k = tensor_map(p.k, p.tokens, p.hkv, D, p.kv_stride, 1, C::kBN);
   const CUtensorMap tm_v = tensor_map(p.v, p.tokens, p.hkv, D, p.kv_stride, 1, C::kBN);
-  const WgmmaParams wp{p.out, p.seq_offsets, p.hq, p.group, shift, p.scale_log2};
-  const auto kernel = attention_wgmma_kernel<D>;
+  const WgmmaParams<T> wp{p.out, p.seq_offsets, p.hq, p.group, shift, p.scale_log2};
+  const auto kernel = attention_wgmma_kernel<D, T>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes),
         "raising the shared-memory limit of the wgmma kernel");
   kernel<<<grid_for(p.hq >> shift, num_seqs, max_seq_len, C::kBM >> shift), C::kThreads, C::kSmemBytes, stream>>>(
@@ -105,14 +108,13 @@ void launch_wgmma(const AttentionParams& p, int num_seqs, int max_seq_len, cudaS
 
 constexpr double kLog2e = 1.4426950408889634;
 
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
-
 }  // namespace
 
-void attention_varlen_with(AttentionKernel kernel, const __nv_bfloat16* q, const __nv_bfloat16* k,
-                           const __nv_bfloat16* v, __nv_bfloat16* out, const int32_t* seq_offsets, int num_seqs,
-                           int64_t total_tokens, int max_seq_len, int num_q_heads, int num_kv_heads, int head_dim,
-                           cudaStream_t stream, int64_t q_row_stride, int64_t kv_row_stride) {
+template <class T>
+void attention_varlen_with(AttentionKernel kernel, const T* q, const T* k, const T* v, T* out,
+                           const int32_t* seq_offsets, int num_seqs, int64_t total_tokens, int max_seq_len,
+                           int num_q_heads, int num_kv_heads, int head_dim, cudaStream_t stream,
+                           int64_t q_row_stride, int64_t kv_row_stride) {
   if (head_dim != 16 && head_dim != 32 && head_dim != 64 && head_dim != 128 && head_dim != 256)
     throw Error("attention: head_dim " + std::to_string(head_dim) + " is not supported (16, 32, 64, 128 or 256)");
   if (num_q_heads <= 0 || num_kv_heads <= 0 || num_q_heads % num_kv_heads != 0)
@@ -131,7 +133,7 @@ void attention_varlen_with(AttentionKernel kernel, const __nv_bfloat16* q, const
     throw Error("attention: row strides (" + std::to_string(q_row_stride) + ", " + std::to_string(kv_row_stride) +
                 " elements) must cover the heads and be multiples of 8 elements");
 
-  const AttentionParams p{q,
+  const AttentionParams<T> p{q,
                           k,
                           v,
                           out,
@@ -166,12 +168,21 @@ void attention_varlen_with(AttentionKernel kernel, const __nv_bfloat16* q, const
   }
 }
 
-void attention_varlen(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* out,
-                      const int32_t* seq_offsets, int num_seqs, int64_t total_tokens, int max_seq_len,
-                      int num_q_heads, int num_kv_heads, int head_dim, cudaStream_t stream, int64_t q_row_stride,
-                      int64_t kv_row_stride) {
+template <class T>
+void attention_varlen(const T* q, const T* k, const T* v, T* out, const int32_t* seq_offsets, int num_seqs,
+                      int64_t total_tokens, int max_seq_len, int num_q_heads, int num_kv_heads, int head_dim,
+                      cudaStream_t stream, int64_t q_row_stride, int64_t kv_row_stride) {
   attention_varlen_with(AttentionKernel::Auto, q, k, v, out, seq_offsets, num_seqs, total_tokens, max_seq_len,
                         num_q_heads, num_kv_heads, head_dim, stream, q_row_stride, kv_row_stride);
 }
+
+#define EMBER_ATTENTION(T)                                                                                      \
+  template void attention_varlen<T>(const T*, const T*, const T*, T*, const int32_t*, int, int64_t, int, int, int, \
+                                    int, cudaStream_t, int64_t, int64_t);                                        \
+  template void attention_varlen_with<T>(AttentionKernel, const T*, const T*, const T*, T*, const int32_t*, int,  \
+                                         int64_t, int, int, int, int, cudaStream_t, int64_t, int64_t);
+EMBER_ATTENTION(__nv_bfloat16)
+EMBER_ATTENTION(__half)
+#undef EMBER_ATTENTION
 
 }  // namespace ember::cuda

@@ -6,6 +6,7 @@
 // for every supported head_dim. Launch shapes depend only on the arguments, so calls can be
 // recorded into CUDA graphs; nothing is allocated and the host never waits.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -13,17 +14,18 @@
 namespace ember::cuda {
 
 // Causal grouped-query attention inside each packed sequence; softmax scale 1/sqrt(head_dim), fp32 softmax/accumulation.
-// q: [T, Hq, D] bf16, k, v: [T, Hkv, D] bf16, out: [T, Hq, D] bf16 (device memory; out contiguous)
+// T: __nv_bfloat16 or __half, the type of every tensor (the softmax weights are rounded to T for P·V).
+// q: [tokens, Hq, D], k, v: [tokens, Hkv, D], out: [tokens, Hq, D] (device memory; out contiguous)
 // The token rows of q are q_row_stride elements apart, those of k and v kv_row_stride (0: Hq * D
-// and Hkv * D, contiguous); strides let q, k and v be column blocks of one fused [T, (Hq + 2 Hkv) * D]
+// and Hkv * D, contiguous); strides let q, k and v be column blocks of one fused [tokens, (Hq + 2 Hkv) * D]
 // projection output. Strides and pointers must be multiples of 16 bytes.
-// seq_offsets: [S + 1] int32 device array, seq_offsets[0] = 0, seq_offsets[S] = T
+// seq_offsets: [S + 1] int32 device array, seq_offsets[0] = 0, seq_offsets[S] = tokens
 // max_seq_len: longest sequence in the batch (host value, sizes the grid)
 // Supports head_dim in {16, 32, 64, 128, 256} (throws ember::Error otherwise) and Hq % Hkv == 0.
-void attention_varlen(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* out,
-                      const int32_t* seq_offsets, int num_seqs, int64_t total_tokens, int max_seq_len,
-                      int num_q_heads, int num_kv_heads, int head_dim, cudaStream_t stream, int64_t q_row_stride = 0,
-                      int64_t kv_row_stride = 0);
+template <class T>
+void attention_varlen(const T* q, const T* k, const T* v, T* out, const int32_t* seq_offsets, int num_seqs,
+                      int64_t total_tokens, int max_seq_len, int num_q_heads, int num_kv_heads, int head_dim,
+                      cudaStream_t stream, int64_t q_row_stride = 0, int64_t kv_row_stride = 0);
 
 // Which kernel attention_varlen_with runs; Auto is what attention_varlen does (Wgmma on sm_90
 // devices for head_dim 64/128, Mma otherwise). Tests and benchmarks force one to cover both.
@@ -31,9 +33,10 @@ enum class AttentionKernel { Auto, Mma, Wgmma };
 
 // attention_varlen with an explicit kernel choice; Wgmma throws ember::Error where it can't run
 // (head_dim other than 64/128, or a device that is not sm_90).
-void attention_varlen_with(AttentionKernel kernel, const __nv_bfloat16* q, const __nv_bfloat16* k,
-                           const __nv_bfloat16* v, __nv_bfloat16* out, const int32_t* seq_offsets, int num_seqs,
-                           int64_t total_tokens, int max_seq_len, int num_q_heads, int num_kv_heads, int head_dim,
-                           cudaStream_t stream, int64_t q_row_stride = 0, int64_t kv_row_stride = 0);
+template <class T>
+void attention_varlen_with(AttentionKernel kernel, const T* q, const T* k, const T* v, T* out,
+                           const int32_t* seq_offsets, int num_seqs, int64_t total_tokens, int max_seq_len,
+                           int num_q_heads, int num_kv_heads, int head_dim, cudaStream_t stream,
+                           int64_t q_row_stride = 0, int64_t kv_row_stride = 0);
 
 }  // namespace ember::cuda

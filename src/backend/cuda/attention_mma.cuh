@@ -3,7 +3,8 @@
 // head_dim. One CTA takes one block of kBM queries of one (sequence, query head); each warp owns
 // 16 query rows and keeps their Q fragments, scores and output accumulators in registers. Key and
 // value blocks are double-buffered in shared memory with cp.async and read with ldmatrix; rows are
-// padded by 16 bytes so those reads are free of bank conflicts for every head_dim.
+// padded by 16 bytes so those reads are free of bank conflicts for every head_dim. T, the type
+// of q, k, v and out, is __nv_bfloat16 or __half.
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -12,11 +13,12 @@
 
 namespace ember::cuda {
 
+template <class T>
 struct AttentionParams {
-  const __nv_bfloat16* q;  // [T, hq, D], rows q_stride elements apart
-  const __nv_bfloat16* k;  // [T, hkv, D], rows kv_stride elements apart
-  const __nv_bfloat16* v;  // [T, hkv, D], rows kv_stride elements apart
-  __nv_bfloat16* out;      // [T, hq, D], contiguous
+  const T* q;  // [tokens, hq, D], rows q_stride elements apart
+  const T* k;  // [tokens, hkv, D], rows kv_stride elements apart
+  const T* v;  // [tokens, hkv, D], rows kv_stride elements apart
+  T* out;      // [tokens, hq, D], contiguous
   const int32_t* seq_offsets;  // [S + 1]
   int64_t tokens;
   int64_t q_stride, kv_stride;
@@ -36,11 +38,10 @@ struct MmaConfig {
 
 // grid: (hq * S, ceil(max_seq_len / kBM)); blockIdx.y counts down from the last query block so
 // the longest-running blocks of every sequence start first.
-template <int D>
-__global__ void __launch_bounds__(MmaConfig<D>::kThreads) attention_mma_kernel(AttentionParams p) {
+template <int D, class T>
+__global__ void __launch_bounds__(MmaConfig<D>::kThreads) attention_mma_kernel(AttentionParams<T> p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using C = MmaConfig<D>;
-  using bf16 = __nv_bfloat16;
   constexpr int BM = C::kBM, BN = C::kBN, LD = C::kLd, CH = D / 8;
 
   const int h = blockIdx.x % p.hq;
@@ -53,19 +54,19 @@ __global__ void __launch_bounds__(MmaConfig<D>::kThreads) attention_mma_kernel(A
   const int hk = h / p.group;
 
   extern __shared__ __align__(16) uint8_t smem_raw[];
-  bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
-  bf16* sK = sQ + BM * LD;
-  bf16* sV = sK + 2 * BN * LD;
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + BM * LD;
+  T* sV = sK + 2 * BN * LD;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t q_row_stride = p.q_stride, kv_row_stride = p.kv_stride, out_row_stride = int64_t{p.hq} * D;
-  const bf16* q_base = p.q + int64_t{h} * D;
-  const bf16* k_base = p.k + int64_t{hk} * D;
-  const bf16* v_base = p.v + int64_t{hk} * D;
+  const T* q_base = p.q + int64_t{h} * D;
+  const T* k_base = p.k + int64_t{hk} * D;
+  const T* v_base = p.v + int64_t{hk} * D;
 
   // Rows past the end of the batch are zero-filled; rows of the next sequence are loaded but
   // never reach a valid output (the causal mask hides keys past each query).
-  auto load_rows = [&](bf16* dst, const bf16* base, int64_t row_stride, int64_t tok0, int rows) {
+  auto load_rows = [&](T* dst, const T* base, int64_t row_stride, int64_t tok0, int rows) {
     for (int c = tid; c < rows * CH; c += C::kThreads) {
       const int r = c / CH, ch = c % CH;
       const int64_t tok = tok0 + r;
@@ -109,8 +110,8 @@ __global__ void __launch_bounds__(MmaConfig<D>::kThreads) attention_mma_kernel(A
     }
     const int key0 = n * BN;
     if (!warp_active || key0 > warp_row0 + 15) continue;  // every key of this block is in the future
-    const bf16* k_s = sK + stage * BN * LD;
-    const bf16* v_s = sV + stage * BN * LD;
+    const T* k_s = sK + stage * BN * LD;
+    const T* v_s = sV + stage * BN * LD;
 
     // S: [16, BN] = Q · K^T
     float sc[BN / 8][4];
@@ -123,8 +124,8 @@ __global__ void __launch_bounds__(MmaConfig<D>::kThreads) attention_mma_kernel(A
         uint32_t b[4];
         ptx::ldmatrix_x4(b, ptx::smem_addr(k_s + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * LD + kk * 16 +
                                            ((lane >> 3) & 1) * 8));
-        ptx::mma_16816(sc[2 * np], qf[kk], b[0], b[1]);
-        ptx::mma_16816(sc[2 * np + 1], qf[kk], b[2], b[3]);
+        ptx::mma_16816<T>(sc[2 * np], qf[kk], b[0], b[1]);
+        ptx::mma_16816<T>(sc[2 * np + 1], qf[kk], b[2], b[3]);
       }
     }
     if (key0 + BN - 1 > warp_row0) {
@@ -170,16 +171,16 @@ __global__ void __launch_bounds__(MmaConfig<D>::kThreads) attention_mma_kernel(A
     // O: [16, D] += P · V
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
-      const uint32_t a[4] = {ptx::pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), ptx::pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
-                             ptx::pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
-                             ptx::pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+      const uint32_t a[4] = {ptx::pack<T>(sc[2 * kk][0], sc[2 * kk][1]), ptx::pack<T>(sc[2 * kk][2], sc[2 * kk][3]),
+                             ptx::pack<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                             ptx::pack<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t b[4];
         ptx::ldmatrix_x4_trans(b, ptx::smem_addr(v_s + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD +
                                                  dp * 16 + (lane >> 4) * 8));
-        ptx::mma_16816(o[2 * dp], a, b[0], b[1]);
-        ptx::mma_16816(o[2 * dp + 1], a, b[2], b[3]);
+        ptx::mma_16816<T>(o[2 * dp], a, b[0], b[1]);
+        ptx::mma_16816<T>(o[2 * dp + 1], a, b[2], b[3]);
       }
     }
   }
@@ -193,10 +194,10 @@ __global__ void __launch_bounds__(MmaConfig<D>::kThreads) attention_mma_kernel(A
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    bf16* row = sQ + (warp * 16 + g + 8 * hh) * LD;
+    T* row = sQ + (warp * 16 + g + 8 * hh) * LD;
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt)
-      *reinterpret_cast<uint32_t*>(row + dt * 8 + 2 * t) = ptx::pack_bf16(o[dt][2 * hh] * inv, o[dt][2 * hh + 1] * inv);
+      *reinterpret_cast<uint32_t*>(row + dt * 8 + 2 * t) = ptx::pack<T>(o[dt][2 * hh] * inv, o[dt][2 * hh + 1] * inv);
   }
   __syncwarp();
   for (int c = lane; c < 16 * CH; c += 32) {

@@ -9,6 +9,7 @@
 // blocks with bulk tensor copies (TMA, 128-byte swizzle, zero fill past the batch end) through a
 // ring of shared-memory stages guarded by full/empty mbarriers. The producer is a whole warpgroup
 // (one thread of it issues the copies) so setmaxnreg can hand its registers to the consumers.
+// T, the type of q, k, v and out, is __nv_bfloat16 or __half (both 2 bytes: one layout).
 #include <cuda.h>
 #include <cuda_bf16.h>
 
@@ -18,8 +19,9 @@
 
 namespace ember::cuda {
 
+template <class T>
 struct WgmmaParams {
-  __nv_bfloat16* out;          // [T, hq, D]
+  T* out;                      // [tokens, hq, D]
   const int32_t* seq_offsets;  // [S + 1]
   int hq, group;               // group = hq / hkv
   int pack_shift;              // log2(P): P query heads per CTA, P dividing group and kBM
@@ -106,40 +108,41 @@ __device__ __forceinline__ void rescale_rows(float (&o)[N], const float (&corr)[
   }
 }
 
-// P in bf16 as the A operand of P·V: for keys 16kk..16kk+15 the fragment is exactly the
+// P in T as the A operand of P·V: for keys 16kk..16kk+15 the fragment is exactly the
 // accumulator registers of those columns.
+template <class T>
 __device__ __forceinline__ void pack_p(const float (&sc)[kScoreRegs], uint32_t (&pa)[8][4]) {
 #pragma unroll
   for (int kk = 0; kk < 8; ++kk) {
-    pa[kk][0] = ptx::pack_bf16(sc[8 * kk + 0], sc[8 * kk + 1]);
-    pa[kk][1] = ptx::pack_bf16(sc[8 * kk + 2], sc[8 * kk + 3]);
-    pa[kk][2] = ptx::pack_bf16(sc[8 * kk + 4], sc[8 * kk + 5]);
-    pa[kk][3] = ptx::pack_bf16(sc[8 * kk + 6], sc[8 * kk + 7]);
+    pa[kk][0] = ptx::pack<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
+    pa[kk][1] = ptx::pack<T>(sc[8 * kk + 2], sc[8 * kk + 3]);
+    pa[kk][2] = ptx::pack<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
+    pa[kk][3] = ptx::pack<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
   }
 }
 
 // Issues S: [64, 128] = Q · K^T for this warpgroup (not committed). Both operands are K-major;
 // a 16-wide k step is a 32-byte step inside a 128-byte swizzled row, a new panel every 4 steps.
-template <int D>
+template <int D, class T>
 __device__ __forceinline__ void issue_qk(float (&sc)[kScoreRegs], uint32_t sQ_wg, uint32_t sK) {
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     const uint64_t da = ptx::wgmma_desc(sQ_wg + (kk / 4) * 128 * 128 + (kk % 4) * 32, 16, 1024);
     const uint64_t db = ptx::wgmma_desc(sK + (kk / 4) * 128 * 128 + (kk % 4) * 32, 16, 1024);
-    ptx::wgmma_m64n128k16_ss(sc, da, db, kk > 0 ? 1 : 0);
+    ptx::wgmma_m64n128k16_ss<T>(sc, da, db, kk > 0 ? 1 : 0);
   }
 }
 
 // Issues O: [64, D] += P · V (not committed); V is [keys, D] with D contiguous: MN-major.
-template <int D>
+template <int D, class T>
 __device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)[8][4], uint32_t sV) {
 #pragma unroll
   for (int kk = 0; kk < 8; ++kk) {
     const uint64_t db = ptx::wgmma_desc(sV + kk * 16 * 128, 128 * 128, 1024);
     if constexpr (D == 128) {
-      ptx::wgmma_m64n128k16_rs_tb(o, pa[kk], db);
+      ptx::wgmma_m64n128k16_rs_tb<T>(o, pa[kk], db);
     } else {
-      ptx::wgmma_m64n64k16_rs_tb(o, pa[kk], db);
+      ptx::wgmma_m64n64k16_rs_tb<T>(o, pa[kk], db);
     }
   }
 }
@@ -154,8 +157,8 @@ __device__ __forceinline__ void pass_turn(int wg) { ptx::named_barrier_arrive(3 
 // does the softmax of block n while that P·V product runs (FlashAttention-3's intra-warpgroup
 // overlap), and the two warpgroups take turns issuing. On H100 at 32k tokens this gives
 // 628 TFLOP/s against 575 for plain issue / wait / softmax / issue / wait.
-template <int D>
-__device__ __forceinline__ void consume(const WgmmaParams& p, uint32_t sQ, uint8_t* q_ptr, uint32_t sK0, uint32_t sV0,
+template <int D, class T>
+__device__ __forceinline__ void consume(const WgmmaParams<T>& p, uint32_t sQ, uint8_t* q_ptr, uint32_t sK0, uint32_t sV0,
                                         uint32_t bar_q, uint32_t bar_full0, uint32_t bar_empty0, int h0, int seq_begin,
                                         int len, int q_start, int n_blocks, int warp, int lane) {
   using C = WgmmaConfig<D>;
@@ -189,23 +192,23 @@ __device__ __forceinline__ void consume(const WgmmaParams& p, uint32_t sQ, uint8
   wait_my_turn(wg);
   ptx::fence_regs(sc);
   ptx::wgmma_fence();
-  issue_qk<D>(sc, sQ_wg, stage_k(0));
+  issue_qk<D, T>(sc, sQ_wg, stage_k(0));
   ptx::wgmma_commit();
   pass_turn(wg);
   ptx::wgmma_wait<0>();
   ptx::fence_regs(sc);
   causal_mask(sc, (n_blocks - 1) * BN, q_start, r0, shift, g, t);
   softmax_block(sc, row_max, row_sum, corr, p.scale_log2);
-  pack_p(sc, pa);
+  pack_p<T>(sc, pa);
   for (int it = 1; it < n_blocks; ++it) {
     wait_full(it);
     wait_my_turn(wg);
     ptx::fence_regs(sc);
     ptx::fence_regs(o);
     ptx::wgmma_fence();
-    issue_qk<D>(sc, sQ_wg, stage_k(it));
+    issue_qk<D, T>(sc, sQ_wg, stage_k(it));
     ptx::wgmma_commit();
-    issue_pv<D>(o, pa, stage_v(it - 1));
+    issue_pv<D, T>(o, pa, stage_v(it - 1));
     ptx::wgmma_commit();
     pass_turn(wg);
     ptx::wgmma_wait<1>();  // S(it) is done; P(it-1)·V(it-1) may still run
@@ -216,12 +219,12 @@ __device__ __forceinline__ void consume(const WgmmaParams& p, uint32_t sQ, uint8
     ptx::fence_regs(o);
     release(it - 1);
     rescale_rows(o, corr);
-    pack_p(sc, pa);
+    pack_p<T>(sc, pa);
   }
   wait_my_turn(wg);
   ptx::fence_regs(o);
   ptx::wgmma_fence();
-  issue_pv<D>(o, pa, stage_v(n_blocks - 1));
+  issue_pv<D, T>(o, pa, stage_v(n_blocks - 1));
   ptx::wgmma_commit();
   if (wg == 0) pass_turn(wg);
   ptx::wgmma_wait<0>();
@@ -241,7 +244,7 @@ __device__ __forceinline__ void consume(const WgmmaParams& p, uint32_t sQ, uint8
     for (int j = 0; j < D / 8; ++j) {
       const int c = 8 * j + 2 * t;
       const int off = (c / 64) * BM * 128 + r * 128 + ((((c % 64) / 8) ^ (r % 8)) << 4) + (c % 8) * 2;
-      *reinterpret_cast<uint32_t*>(q_ptr + off) = ptx::pack_bf16(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
+      *reinterpret_cast<uint32_t*>(q_ptr + off) = ptx::pack<T>(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
     }
   }
   ptx::named_barrier_sync(1 + wg, 128);
@@ -257,13 +260,13 @@ __device__ __forceinline__ void consume(const WgmmaParams& p, uint32_t sQ, uint8
   }
 }
 
-// tm_q: [T, hq, D] with boxes of {64, P, 128 / P}, tm_k / tm_v: [T, hkv, D] with boxes of
-// {64, 1, 128}, all bf16 tensor maps. grid: (hq / P * S, ceil(max_seq_len * P / 128)), counting
+// tm_q: [tokens, hq, D] with boxes of {64, P, 128 / P}, tm_k / tm_v: [tokens, hkv, D] with boxes of
+// {64, 1, 128}, all tensor maps of T. grid: (hq / P * S, ceil(max_seq_len * P / 128)), counting
 // query blocks down as in the mma kernel.
-template <int D>
+template <int D, class T>
 __global__ void __launch_bounds__(WgmmaConfig<D>::kThreads, 1)
     attention_wgmma_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
-                           const __grid_constant__ CUtensorMap tm_v, WgmmaParams p) {
+                           const __grid_constant__ CUtensorMap tm_v, WgmmaParams<T> p) {
 #if defined(__CUDA_ARCH__)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = WgmmaConfig<D>;
@@ -325,7 +328,7 @@ __global__ void __launch_bounds__(WgmmaConfig<D>::kThreads, 1)
     }
   } else {
     ptx::setmaxnreg_inc<C::kConsumerRegs>();
-    consume<D>(p, sQ, q_ptr, sK0, sV0, bar_q, bar_full0, bar_empty0, h0, seq_begin, len, q_start, n_blocks, warp,
+    consume<D, T>(p, sQ, q_ptr, sK0, sV0, bar_q, bar_full0, bar_empty0, h0, seq_begin, len, q_start, n_blocks, warp,
                lane);
   }
 #else

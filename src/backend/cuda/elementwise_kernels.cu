@@ -1,7 +1,5 @@
 // Row gathers, SwiGLU and dtype conversion: memory-bound kernels with 128-bit accesses where the
 // operands allow.
-#include <cuda_fp16.h>
-
 #include <algorithm>
 #include <string>
 
@@ -13,13 +11,13 @@ namespace ember::cuda {
 namespace {
 
 // One block per output row: out[r] = src[index(r)].
-template <int V>
-__global__ void gather_rows_kernel(const bf16* __restrict__ src, const int32_t* __restrict__ ids,
-                                   const int32_t* __restrict__ seq_offsets, bf16* __restrict__ out, int n) {
+template <int V, class T>
+__global__ void gather_rows_kernel(const T* __restrict__ src, const int32_t* __restrict__ ids,
+                                   const int32_t* __restrict__ seq_offsets, T* __restrict__ out, int n) {
   const int64_t r = blockIdx.x;
   const int64_t from = ids != nullptr ? ids[r] : seq_offsets[r + 1] - 1;
-  const bf16* s = src + from * n;
-  bf16* o = out + r * n;
+  const T* s = src + from * n;
+  T* o = out + r * n;
   for (int i = threadIdx.x * V; i < n; i += blockDim.x * V) {
     if constexpr (V == 8) {
       *reinterpret_cast<uint4*>(o + i) = *reinterpret_cast<const uint4*>(s + i);
@@ -32,18 +30,18 @@ __global__ void gather_rows_kernel(const bf16* __restrict__ src, const int32_t* 
 __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
 // Rows r = blockIdx.y, blockIdx.y + gridDim.y, ...; V columns per thread along the row.
-template <int V>
-__global__ void swiglu_kernel(const bf16* __restrict__ gate_up, bf16* __restrict__ out, int64_t rows, int n) {
+template <int V, class T>
+__global__ void swiglu_kernel(const T* __restrict__ gate_up, T* __restrict__ out, int64_t rows, int n) {
   const int stride = gridDim.x * blockDim.x * V;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    const bf16* gate = gate_up + r * 2 * n;
+    const T* gate = gate_up + r * 2 * n;
     for (int i = (blockIdx.x * blockDim.x + threadIdx.x) * V; i < n; i += stride) {
       float g[V], u[V];
-      load_bf16<V>(gate + i, g);
-      load_bf16<V>(gate + n + i, u);
+      load_half<V>(gate + i, g);
+      load_half<V>(gate + n + i, u);
 #pragma unroll
       for (int j = 0; j < V; ++j) g[j] = silu_mul(g[j], u[j]);
-      store_bf16<V>(out + r * n + i, g);
+      store_half<V>(out + r * n + i, g);
     }
   }
 }
@@ -52,10 +50,8 @@ template <class T>
 __device__ __forceinline__ float to_float(T v) {
   if constexpr (std::is_same_v<T, float>) {
     return v;
-  } else if constexpr (std::is_same_v<T, __half>) {
-    return __half2float(v);
   } else {
-    return __bfloat162float(v);
+    return Half<T>::to_float(v);
   }
 }
 
@@ -67,7 +63,7 @@ __global__ void convert_kernel(const S* __restrict__ src, D* __restrict__ dst, i
     if constexpr (std::is_same_v<D, float>) {
       dst[i] = f;
     } else {
-      dst[i] = __float2bfloat16_rn(f);
+      dst[i] = Half<D>::from_float(f);
     }
   }
 }
@@ -91,7 +87,8 @@ int row_threads(int64_t n, int v) {
   return static_cast<int>(std::clamp<int64_t>((n / v + 31) / 32 * 32, 32, 512));
 }
 
-void gather_rows(const bf16* src, const int32_t* ids, const int32_t* seq_offsets, bf16* out, int64_t rows, int64_t n,
+template <class T>
+void gather_rows(const T* src, const int32_t* ids, const int32_t* seq_offsets, T* out, int64_t rows, int64_t n,
                  cudaStream_t stream, const char* what) {
   if (rows == 0) return;
   if (n % 8 == 0 && aligned16(src) && aligned16(out)) {
@@ -109,6 +106,8 @@ void convert_from(const S* src, void* dst, DType dst_dtype, int64_t n, cudaStrea
     convert_kernel<<<blocks, threads, 0, stream>>>(src, static_cast<float*>(dst), n);
   } else if (dst_dtype == DType::BF16) {
     convert_kernel<<<blocks, threads, 0, stream>>>(src, static_cast<bf16*>(dst), n);
+  } else if (dst_dtype == DType::F16) {
+    convert_kernel<<<blocks, threads, 0, stream>>>(src, static_cast<f16*>(dst), n);
   } else {
     throw Error(std::string("CUDA backend: cannot convert to ") + dtype_name(dst_dtype));
   }
@@ -116,16 +115,18 @@ void convert_from(const S* src, void* dst, DType dst_dtype, int64_t n, cudaStrea
 
 }  // namespace
 
-void embed_gather(const bf16* table, const int32_t* ids, bf16* out, int64_t rows, int64_t n, cudaStream_t stream) {
+template <class T>
+void embed_gather(const T* table, const int32_t* ids, T* out, int64_t rows, int64_t n, cudaStream_t stream) {
   gather_rows(table, ids, nullptr, out, rows, n, stream, "launching embed_gather");
 }
 
-void gather_last_tokens(const bf16* x, const int32_t* seq_offsets, bf16* out, int64_t seqs, int64_t n,
-                        cudaStream_t stream) {
+template <class T>
+void gather_last_tokens(const T* x, const int32_t* seq_offsets, T* out, int64_t seqs, int64_t n, cudaStream_t stream) {
   gather_rows(x, nullptr, seq_offsets, out, seqs, n, stream, "launching gather_last_tokens");
 }
 
-void swiglu(const bf16* gate_up, bf16* out, int64_t rows, int64_t n, cudaStream_t stream) {
+template <class T>
+void swiglu(const T* gate_up, T* out, int64_t rows, int64_t n, cudaStream_t stream) {
   if (rows == 0 || n == 0) return;
   const int threads = 256;
   const int v = n % 8 == 0 && aligned16(gate_up) && aligned16(out) ? 8 : 1;
@@ -143,12 +144,20 @@ void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64
   if (n == 0) return;
   switch (src_dtype) {
     case DType::F32: convert_from(static_cast<const float*>(src), dst, dst_dtype, n, stream); break;
-    case DType::F16: convert_from(static_cast<const __half*>(src), dst, dst_dtype, n, stream); break;
+    case DType::F16: convert_from(static_cast<const f16*>(src), dst, dst_dtype, n, stream); break;
     case DType::BF16: convert_from(static_cast<const bf16*>(src), dst, dst_dtype, n, stream); break;
     default: throw Error(std::string("CUDA backend: cannot convert from ") + dtype_name(src_dtype));
   }
   check(cudaGetLastError(), "launching convert");
 }
+
+#define EMBER_ELEMENTWISE_KERNELS(T)                                                                         \
+  template void embed_gather<T>(const T*, const int32_t*, T*, int64_t, int64_t, cudaStream_t);             \
+  template void gather_last_tokens<T>(const T*, const int32_t*, T*, int64_t, int64_t, cudaStream_t);       \
+  template void swiglu<T>(const T*, T*, int64_t, int64_t, cudaStream_t);
+EMBER_ELEMENTWISE_KERNELS(bf16)
+EMBER_ELEMENTWISE_KERNELS(f16)
+#undef EMBER_ELEMENTWISE_KERNELS
 
 void fill_random(bf16* x, int64_t n, uint32_t seed, cudaStream_t stream) {
   const int threads = 256;

@@ -9,35 +9,34 @@
 namespace ember::cuda {
 namespace {
 
-template <int V>
-__global__ void rms_norm_kernel(const bf16* __restrict__ x, const float* __restrict__ w, bf16* __restrict__ out,
-                                int n, float eps) {
+template <int V, class T>
+__global__ void rms_norm_kernel(const T* __restrict__ x, const float* __restrict__ w, T* __restrict__ out, int n,
+                                float eps) {
   const int64_t row = blockIdx.x;
   x += row * n;
   out += row * n;
   float ss = 0.0f;
   for (int i = threadIdx.x * V; i < n; i += blockDim.x * V) {
     float f[V];
-    load_bf16<V>(x + i, f);
+    load_half<V>(x + i, f);
 #pragma unroll
     for (int j = 0; j < V; ++j) ss += f[j] * f[j];
   }
   const float inv = 1.0f / sqrtf(block_sum(ss) / static_cast<float>(n) + eps);
   for (int i = threadIdx.x * V; i < n; i += blockDim.x * V) {
     float f[V], g[V];
-    load_bf16<V>(x + i, f);
+    load_half<V>(x + i, f);
     load_f32<V>(w + i, g);
 #pragma unroll
     for (int j = 0; j < V; ++j) f[j] = f[j] * inv * g[j];
-    store_bf16<V>(out + i, f);
+    store_half<V>(out + i, f);
   }
 }
 
-// The norm reads the residual as stored (rounded to bf16), as the next layer will. Each thread
+// The norm reads the residual as stored (rounded to T), as the next layer will. Each thread
 // re-reads only the elements it wrote, so no barrier is needed between the passes.
-template <int V>
-__global__ void add_rms_norm_kernel(bf16* residual, const bf16* x, const float* __restrict__ w, bf16* out, int n,
-                                    float eps) {
+template <int V, class T>
+__global__ void add_rms_norm_kernel(T* residual, const T* x, const float* __restrict__ w, T* out, int n, float eps) {
   const int64_t row = blockIdx.x;
   residual += row * n;
   x += row * n;
@@ -45,23 +44,23 @@ __global__ void add_rms_norm_kernel(bf16* residual, const bf16* x, const float* 
   float ss = 0.0f;
   for (int i = threadIdx.x * V; i < n; i += blockDim.x * V) {
     float r[V], a[V];
-    load_bf16<V>(residual + i, r);
-    load_bf16<V>(x + i, a);
+    load_half<V>(residual + i, r);
+    load_half<V>(x + i, a);
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      r[j] = round_bf16(r[j] + a[j]);
+      r[j] = round_to<T>(r[j] + a[j]);
       ss += r[j] * r[j];
     }
-    store_bf16<V>(residual + i, r);
+    store_half<V>(residual + i, r);
   }
   const float inv = 1.0f / sqrtf(block_sum(ss) / static_cast<float>(n) + eps);
   for (int i = threadIdx.x * V; i < n; i += blockDim.x * V) {
     float r[V], g[V];
-    load_bf16<V>(residual + i, r);
+    load_half<V>(residual + i, r);
     load_f32<V>(w + i, g);
 #pragma unroll
     for (int j = 0; j < V; ++j) r[j] = r[j] * inv * g[j];
-    store_bf16<V>(out + i, r);
+    store_half<V>(out + i, r);
   }
 }
 
@@ -69,8 +68,8 @@ __global__ void add_rms_norm_kernel(bf16* residual, const bf16* x, const float* 
 // normalises and rotates whole heads (q heads first, then k heads), the gridDim.y blocks of a
 // token sharing its heads out. Lane l holds the rotate-half pairs (j, j + d/2) for
 // j = l, l + 32, ...: P pairs at most.
-template <int P>
-__global__ void qk_norm_rope_kernel(bf16* qkv, const float* __restrict__ q_norm, const float* __restrict__ k_norm,
+template <int P, class T>
+__global__ void qk_norm_rope_kernel(T* qkv, const float* __restrict__ q_norm, const float* __restrict__ k_norm,
                                     const int32_t* __restrict__ positions, int hq, int hkv, int d, float eps,
                                     const __grid_constant__ RopeFreqs freqs) {
   extern __shared__ float trig[];  // cos: [d / 2], then sin: [d / 2]
@@ -85,15 +84,15 @@ __global__ void qk_norm_rope_kernel(bf16* qkv, const float* __restrict__ q_norm,
   __syncthreads();
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
   for (int h = blockIdx.y * warps + (threadIdx.x >> 5); h < hq + hkv; h += gridDim.y * warps) {
-    bf16* row = qkv + (t * (hq + 2 * hkv) + h) * d;
+    T* row = qkv + (t * (hq + 2 * hkv) + h) * d;
     const float* w = h < hq ? q_norm : k_norm;
     float a[P], b[P];
     float ss = 0.0f;
 #pragma unroll
     for (int p = 0; p < P; ++p) {
       const int j = lane + 32 * p;
-      a[p] = j < half ? __bfloat162float(row[j]) : 0.0f;
-      b[p] = j < half ? __bfloat162float(row[j + half]) : 0.0f;
+      a[p] = j < half ? Half<T>::to_float(row[j]) : 0.0f;
+      b[p] = j < half ? Half<T>::to_float(row[j + half]) : 0.0f;
       ss += a[p] * a[p] + b[p] * b[p];
     }
     const float inv = 1.0f / sqrtf(warp_sum(ss) / static_cast<float>(d) + eps);
@@ -103,8 +102,8 @@ __global__ void qk_norm_rope_kernel(bf16* qkv, const float* __restrict__ q_norm,
       if (j < half) {
         const float x1 = a[p] * inv * w[j], x2 = b[p] * inv * w[j + half];
         const float c = trig[j], s = trig[half + j];
-        row[j] = __float2bfloat16_rn(x1 * c - x2 * s);
-        row[j + half] = __float2bfloat16_rn(x2 * c + x1 * s);
+        row[j] = Half<T>::from_float(x1 * c - x2 * s);
+        row[j + half] = Half<T>::from_float(x2 * c + x1 * s);
       }
     }
   }
@@ -118,7 +117,8 @@ int row_threads(int64_t n, int v) {
 
 }  // namespace
 
-void rms_norm(const bf16* x, const float* w, bf16* out, int64_t rows, int64_t n, float eps, cudaStream_t stream) {
+template <class T>
+void rms_norm(const T* x, const float* w, T* out, int64_t rows, int64_t n, float eps, cudaStream_t stream) {
   if (rows == 0) return;
   if (n % 8 == 0 && aligned16(x) && aligned16(w) && aligned16(out)) {
     rms_norm_kernel<8><<<rows, row_threads(n, 8), 0, stream>>>(x, w, out, static_cast<int>(n), eps);
@@ -128,7 +128,8 @@ void rms_norm(const bf16* x, const float* w, bf16* out, int64_t rows, int64_t n,
   check(cudaGetLastError(), "launching rms_norm");
 }
 
-void add_rms_norm(bf16* residual, const bf16* x, const float* w, bf16* out, int64_t rows, int64_t n, float eps,
+template <class T>
+void add_rms_norm(T* residual, const T* x, const float* w, T* out, int64_t rows, int64_t n, float eps,
                   cudaStream_t stream) {
   if (rows == 0) return;
   if (n % 8 == 0 && aligned16(residual) && aligned16(x) && aligned16(w) && aligned16(out)) {
@@ -139,7 +140,8 @@ void add_rms_norm(bf16* residual, const bf16* x, const float* w, bf16* out, int6
   check(cudaGetLastError(), "launching add_rms_norm");
 }
 
-void qk_norm_rope(bf16* qkv, const float* q_norm, const float* k_norm, const int32_t* positions, int64_t tokens,
+template <class T>
+void qk_norm_rope(T* qkv, const float* q_norm, const float* k_norm, const int32_t* positions, int64_t tokens,
                   int hq, int hkv, int d, float eps, const RopeFreqs& freqs, cudaStream_t stream) {
   if (tokens == 0) return;
   const int warps = std::min(8, hq + hkv);
@@ -161,5 +163,14 @@ void qk_norm_rope(bf16* qkv, const float* q_norm, const float* k_norm, const int
   }
   check(cudaGetLastError(), "launching qk_norm_rope");
 }
+
+#define EMBER_NORM_KERNELS(T)                                                                                    \
+  template void rms_norm<T>(const T*, const float*, T*, int64_t, int64_t, float, cudaStream_t);                  \
+  template void add_rms_norm<T>(T*, const T*, const float*, T*, int64_t, int64_t, float, cudaStream_t);          \
+  template void qk_norm_rope<T>(T*, const float*, const float*, const int32_t*, int64_t, int, int, int, float, \
+                                const RopeFreqs&, cudaStream_t);
+EMBER_NORM_KERNELS(bf16)
+EMBER_NORM_KERNELS(f16)
+#undef EMBER_NORM_KERNELS
 
 }  // namespace ember::cuda

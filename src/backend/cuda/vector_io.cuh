@@ -1,40 +1,64 @@
 #pragma once
-// Device helpers shared by the kernel files: bf16 <-> fp32 loads and stores of V consecutive
-// elements (V = 8 is one 128-bit access, used when rows are 16-byte aligned), and reductions.
+// Device helpers shared by the kernel files: the 16-bit activation types (bf16, and fp16 by
+// option) and their fp32 conversions, loads and stores of V consecutive elements (V = 8 is one
+// 128-bit access, used when rows are 16-byte aligned), and reductions.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <cstdint>
 
 namespace ember::cuda {
 
-template <int V>
-__device__ __forceinline__ void load_bf16(const __nv_bfloat16* p, float* f) {
+// Conversions of one 16-bit type T (__nv_bfloat16 or __half) to and from fp32, singly and in pairs.
+template <class T>
+struct Half;
+
+template <>
+struct Half<__nv_bfloat16> {
+  using Pair = __nv_bfloat162;
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float f) { return __float2bfloat16_rn(f); }
+  static __device__ __forceinline__ float2 to_float2(Pair v) { return __bfloat1622float2(v); }
+  static __device__ __forceinline__ Pair from_float2(float lo, float hi) { return __floats2bfloat162_rn(lo, hi); }
+};
+
+template <>
+struct Half<__half> {
+  using Pair = __half2;
+  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from_float(float f) { return __float2half_rn(f); }
+  static __device__ __forceinline__ float2 to_float2(Pair v) { return __half22float2(v); }
+  static __device__ __forceinline__ Pair from_float2(float lo, float hi) { return __floats2half2_rn(lo, hi); }
+};
+
+template <int V, class T>
+__device__ __forceinline__ void load_half(const T* p, float* f) {
   if constexpr (V == 8) {
     const uint4 u = *reinterpret_cast<const uint4*>(p);
-    const auto* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+    const auto* h = reinterpret_cast<const typename Half<T>::Pair*>(&u);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float2 t = __bfloat1622float2(h[i]);
+      const float2 t = Half<T>::to_float2(h[i]);
       f[2 * i] = t.x;
       f[2 * i + 1] = t.y;
     }
   } else {
 #pragma unroll
-    for (int i = 0; i < V; ++i) f[i] = __bfloat162float(p[i]);
+    for (int i = 0; i < V; ++i) f[i] = Half<T>::to_float(p[i]);
   }
 }
 
-template <int V>
-__device__ __forceinline__ void store_bf16(__nv_bfloat16* p, const float* f) {
+template <int V, class T>
+__device__ __forceinline__ void store_half(T* p, const float* f) {
   if constexpr (V == 8) {
     uint4 u;
-    auto* h = reinterpret_cast<__nv_bfloat162*>(&u);
+    auto* h = reinterpret_cast<typename Half<T>::Pair*>(&u);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+    for (int i = 0; i < 4; ++i) h[i] = Half<T>::from_float2(f[2 * i], f[2 * i + 1]);
     *reinterpret_cast<uint4*>(p) = u;
   } else {
 #pragma unroll
-    for (int i = 0; i < V; ++i) p[i] = __float2bfloat16_rn(f[i]);
+    for (int i = 0; i < V; ++i) p[i] = Half<T>::from_float(f[i]);
   }
 }
 
@@ -50,7 +74,11 @@ __device__ __forceinline__ void load_f32(const float* p, float* f) {
   }
 }
 
-__device__ __forceinline__ float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+// x rounded to T and back, as a value stored in T and read again would be.
+template <class T>
+__device__ __forceinline__ float round_to(float x) {
+  return Half<T>::to_float(Half<T>::from_float(x));
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
