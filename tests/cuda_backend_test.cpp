@@ -1,6 +1,8 @@
-// Parity of every CUDA backend op with the CPU backend in fast precision (bf16 activations, fp32
-// math), on identical bf16 inputs, over odd shapes: single tokens, ragged sequences, sizes that
-// are no multiple of any tile, GQA ratios 1/2/4, head_dim 16..128 and weights stored F32/F16/BF16.
+// Parity of every CUDA backend op with the CPU backend, over odd shapes: single tokens, ragged
+// sequences, sizes that are no multiple of any tile, GQA ratios 1/2/4, head_dim 16..128 and weights
+// stored F32/F16/BF16. Each test runs twice: with bf16 against the CPU backend in fast precision
+// (bf16 activations, fp32 math) on identical bf16 inputs, and with fp16 against the CPU backend in
+// exact precision (fp32 throughout) on inputs rounded to fp16, within fp16 rounding steps.
 // Skips when the machine has no CUDA device.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -19,6 +21,7 @@
 #include "cuda_test_support.h"
 #include "ember/error.h"
 #include "tensor_support.h"
+#include "test_support.h"
 
 namespace ember {
 namespace {
@@ -27,31 +30,54 @@ using ember_test::host_tensor;
 using ember_test::random_values;
 using ember_test::Values;
 
-// The same values (rounded to bf16 once) in a CPU and a CUDA activation tensor.
+// The same values (rounded to the CUDA backend's 16-bit type once) in a CPU and a CUDA
+// activation tensor.
 struct Pair {
   Tensor cpu, gpu;
 };
 
-class CudaParity : public ::testing::Test {
+class CudaParity : public ::testing::TestWithParam<HalfType> {
  protected:
   void SetUp() override {
     REQUIRE_CUDA();
-    cpu_ = make_cpu_backend(Precision::Fast, 0);
-    gpu_ = make_cuda_backend(Precision::Fast, 0);
+    f16_ = GetParam() == HalfType::Float16;
+    cpu_ = make_cpu_backend(f16_ ? Precision::Exact : Precision::Fast, 0);
+    gpu_ = make_cuda_backend(Precision::Fast, GetParam(), 0);
+  }
+
+  DType half() const { return f16_ ? DType::F16 : DType::BF16; }
+  // Explicit bits of the 16-bit type: one rounding step is 2^-bits of the value or less.
+  int mantissa_bits() const { return f16_ ? 10 : 7; }
+  float round(float x) const {
+    uint16_t h = 0;
+    float r = 0;
+    convert(&x, DType::F32, &h, half(), 1);
+    convert(&h, half(), &r, DType::F32, 1);
+    return r;
+  }
+  Values rounded(Values v) const {
+    for (float& x : v) x = round(x);
+    return v;
   }
 
   Pair activation(std::vector<int64_t> shape, const Values& v) {
-    Pair p{cpu_->allocate(DType::BF16, shape), gpu_->allocate(DType::BF16, shape)};
-    convert(v.data(), DType::F32, p.cpu.data, DType::BF16, v.size());
-    EXPECT_EQ(cudaMemcpy(p.gpu.data, p.cpu.data, p.cpu.nbytes(), cudaMemcpyHostToDevice), cudaSuccess);
+    Pair p = empty(std::move(shape));
+    const Values r = rounded(v);
+    convert(r.data(), DType::F32, p.cpu.data, p.cpu.dtype, r.size());
+    std::vector<uint16_t> bits(r.size());
+    convert(r.data(), DType::F32, bits.data(), half(), r.size());
+    EXPECT_EQ(cudaMemcpy(p.gpu.data, bits.data(), p.gpu.nbytes(), cudaMemcpyHostToDevice), cudaSuccess);
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     return p;
   }
 
-  Pair empty(std::vector<int64_t> shape) { return {cpu_->allocate(DType::BF16, shape), gpu_->allocate(DType::BF16, shape)}; }
+  Pair empty(std::vector<int64_t> shape) {
+    return {cpu_->allocate(cpu_->activation_dtype(), shape), gpu_->allocate(gpu_->activation_dtype(), shape)};
+  }
 
+  // With fp16, the values are first rounded to fp16 so that both backends see the same weights.
   Pair weight(DType dt, std::vector<int64_t> shape, const Values& v, WeightKind kind) {
-    const Tensor host = host_tensor(dt, std::move(shape), v);
+    const Tensor host = host_tensor(dt, std::move(shape), f16_ ? rounded(v) : v);
     return {cpu_->load_weight(host, kind), gpu_->load_weight(host, kind)};
   }
 
@@ -60,7 +86,8 @@ class CudaParity : public ::testing::Test {
     gpu_->set_batch(b);
   }
 
-  // Equal up to one bf16 rounding step: both sides compute in fp32 but may sum in another order.
+  // Equal up to one rounding step of the 16-bit type: both sides compute in fp32 but may sum in
+  // another order (and with fp16, only the CUDA side rounds).
   void expect_match(const Pair& p, const std::string& what, double ulps = 1.0) {
     const Values c = cpu_->to_host_f32(p.cpu), g = gpu_->to_host_f32(p.gpu);
     ASSERT_EQ(c.size(), g.size()) << what;
@@ -68,7 +95,8 @@ class CudaParity : public ::testing::Test {
     for (float x : c) max_abs = std::max(max_abs, double{std::fabs(x)});
     int bad = 0;
     for (size_t i = 0; i < c.size(); ++i) {
-      const double tol = ulps * 1.01 * std::ldexp(std::max(std::fabs(c[i]), std::fabs(g[i])), -7) + 1e-5 * max_abs;
+      const double tol =
+          ulps * 1.01 * std::ldexp(std::max(std::fabs(c[i]), std::fabs(g[i])), -mantissa_bits()) + 1e-5 * max_abs;
       if (!(std::fabs(double{c[i]} - g[i]) <= tol) && ++bad <= 5) {
         ADD_FAILURE() << what << " element " << i << ": cuda " << g[i] << ", cpu " << c[i];
       }
@@ -76,8 +104,10 @@ class CudaParity : public ::testing::Test {
     EXPECT_EQ(bad, 0) << what << " (" << c.size() << " elements)";
   }
 
+  // The CUDA result is the CPU result rounded to the 16-bit type (a no-op for bf16, whose CPU
+  // backend rounds too).
   void expect_equal(const Pair& p, const std::string& what) {
-    const Values c = cpu_->to_host_f32(p.cpu), g = gpu_->to_host_f32(p.gpu);
+    const Values c = rounded(cpu_->to_host_f32(p.cpu)), g = gpu_->to_host_f32(p.gpu);
     ASSERT_EQ(c.size(), g.size()) << what;
     int bad = 0;
     for (size_t i = 0; i < c.size(); ++i) {
@@ -86,8 +116,14 @@ class CudaParity : public ::testing::Test {
     EXPECT_EQ(bad, 0) << what;
   }
 
+  bool f16_ = false;
   std::unique_ptr<Backend> cpu_, gpu_;
 };
+
+INSTANTIATE_TEST_SUITE_P(HalfTypes, CudaParity, ::testing::Values(HalfType::BFloat16, HalfType::Float16),
+                         [](const ::testing::TestParamInfo<HalfType>& info) {
+                           return info.param == HalfType::Float16 ? "fp16" : "bf16";
+                         });
 
 PackedBatch batch_of_lengths(const std::vector<int>& lengths, int vocab, uint32_t seed = 1) {
   std::vector<std::vector<int32_t>> seqs;
@@ -108,15 +144,17 @@ const DType kWeightDtypes[] = {DType::F32, DType::F16, DType::BF16};
 std::string name(DType dt) { return dtype_name(dt); }
 
 TEST(CudaBackend, ExactPrecisionIsRefused) {
-  try {
-    make_cuda_backend(Precision::Exact, 0);
-    FAIL() << "expected an error";
-  } catch (const Error& e) {
-    EXPECT_STREQ(e.what(), "exact precision runs on the CPU; the CUDA backend computes in bf16 (fast)");
+  for (const HalfType h : {HalfType::BFloat16, HalfType::Float16}) {
+    try {
+      make_cuda_backend(Precision::Exact, h, 0);
+      FAIL() << "expected an error";
+    } catch (const Error& e) {
+      EXPECT_STREQ(e.what(), "exact precision runs on the CPU; the CUDA backend computes in bfloat16 or float16 (fast)");
+    }
   }
 }
 
-TEST_F(CudaParity, EmbeddingGatherIsExactForEveryTableDtype) {
+TEST_P(CudaParity, EmbeddingGatherIsExactForEveryTableDtype) {
   for (const int64_t hidden : {64, 100, 2560}) {
     for (const DType dt : kWeightDtypes) {
       const int vocab = 1000;
@@ -133,7 +171,7 @@ TEST_F(CudaParity, EmbeddingGatherIsExactForEveryTableDtype) {
   }
 }
 
-TEST_F(CudaParity, RmsNormAndAddRmsNorm) {
+TEST_P(CudaParity, RmsNormAndAddRmsNorm) {
   for (const int64_t n : {16, 64, 100, 2560}) {
     for (const int64_t rows : {1, 7, 33, 517}) {
       for (const DType dt : kWeightDtypes) {
@@ -149,13 +187,14 @@ TEST_F(CudaParity, RmsNormAndAddRmsNorm) {
         cpu_->add_rms_norm(residual.cpu, x.cpu, w.cpu, 1e-6f, out.cpu);
         gpu_->add_rms_norm(residual.gpu, x.gpu, w.gpu, 1e-6f, out.gpu);
         expect_equal(residual, "add_rms_norm residual " + what);
-        expect_match(out, "add_rms_norm output " + what);
+        // fp16: the CUDA norm reads the rounded residual, the exact CPU one the unrounded sum.
+        expect_match(out, "add_rms_norm output " + what, f16_ ? 2.0 : 1.0);
       }
     }
   }
 }
 
-TEST_F(CudaParity, LinearForEveryWeightDtype) {
+TEST_P(CudaParity, LinearForEveryWeightDtype) {
   struct Shape {
     int64_t t, k, n;
   };
@@ -176,7 +215,7 @@ TEST_F(CudaParity, LinearForEveryWeightDtype) {
 
 // A stacked weight's output is its parts' outputs side by side, on both backends; parts of
 // sizes that are no multiple of any tile, from every checkpoint dtype.
-TEST_F(CudaParity, StackedLinearIsItsPartsSideBySide) {
+TEST_P(CudaParity, StackedLinearIsItsPartsSideBySide) {
   struct Shape {
     int64_t t, k;
     std::vector<int64_t> parts;
@@ -189,7 +228,8 @@ TEST_F(CudaParity, StackedLinearIsItsPartsSideBySide) {
       int64_t n = 0;
       for (size_t i = 0; i < s.parts.size(); ++i) {
         const int64_t rows = s.parts[i];
-        hosts.push_back(host_tensor(dt, {rows, s.k}, random_values(size_t(rows * s.k), 30 + uint32_t(i), -0.1f, 0.1f)));
+        const Values v = random_values(size_t(rows * s.k), 30 + uint32_t(i), -0.1f, 0.1f);
+        hosts.push_back(host_tensor(dt, {rows, s.k}, f16_ ? rounded(v) : v));
         n += rows;
       }
       const Pair w{cpu_->load_stacked_weight(hosts), gpu_->load_stacked_weight(hosts)};
@@ -200,21 +240,22 @@ TEST_F(CudaParity, StackedLinearIsItsPartsSideBySide) {
       gpu_->linear(x.gpu, w.gpu, out.gpu);
       expect_match(out, what);
 
-      // Each part's own linear() gives its column block (up to one bf16 step: the GEMM algorithm,
+      // Each part's own linear() gives its column block (up to one rounding step: the GEMM algorithm,
       // split-K included, may differ between the shapes).
       const Values stacked = gpu_->to_host_f32(out.gpu);
       int64_t col = 0;
       for (size_t i = 0; i < hosts.size(); ++i) {
         const int64_t rows = hosts[i].dim(0);
         const Tensor part = gpu_->load_weight(hosts[i], WeightKind::Matrix);
-        Tensor alone = gpu_->allocate(DType::BF16, {s.t, rows});
+        Tensor alone = gpu_->allocate(half(), {s.t, rows});
         gpu_->linear(x.gpu, part, alone);
         const Values a = gpu_->to_host_f32(alone);
         int bad = 0;
         for (int64_t r = 0; r < s.t; ++r)
           for (int64_t c = 0; c < rows; ++c) {
             const float want = a[r * rows + c], got = stacked[r * n + col + c];
-            bad += !(std::fabs(got - want) <= 1.01 * std::ldexp(std::max(std::fabs(got), std::fabs(want)), -7) + 1e-6);
+            bad += !(std::fabs(got - want) <=
+                     1.01 * std::ldexp(std::max(std::fabs(got), std::fabs(want)), -mantissa_bits()) + 1e-6);
           }
         EXPECT_EQ(bad, 0) << what << ": part " << i << " differs from its own linear()";
         col += rows;
@@ -223,7 +264,7 @@ TEST_F(CudaParity, StackedLinearIsItsPartsSideBySide) {
   }
 }
 
-TEST_F(CudaParity, QkNormRopeOverHeadDimsAndGqaRatios) {
+TEST_P(CudaParity, QkNormRopeOverHeadDimsAndGqaRatios) {
   struct Heads {
     int hq, hkv;
   };
@@ -244,14 +285,14 @@ TEST_F(CudaParity, QkNormRopeOverHeadDimsAndGqaRatios) {
           Pair qkv = activation({T, heads, d}, before);
           cpu_->qk_norm_rope(qkv.cpu, h.hq, qn.cpu, kn.cpu, 1e-6f, theta);
           gpu_->qk_norm_rope(qkv.gpu, h.hq, qn.gpu, kn.gpu, 1e-6f, theta);
-          // Rotation mixes two rounded-differently products: allow two bf16 steps.
+          // Rotation mixes two rounded-differently products: allow two rounding steps.
           expect_match(qkv, "qk_norm_rope " + what, 2.0);
           // v heads stay as they were.
           const Values after = gpu_->to_host_f32(qkv.gpu);
           int moved = 0;
           for (int64_t t = 0; t < T; ++t)
             for (int64_t i = (h.hq + h.hkv) * d; i < heads * d; ++i)
-              moved += after[t * heads * d + i] != bf16_to_f32(f32_to_bf16(before[t * heads * d + i]));
+              moved += after[t * heads * d + i] != round(before[t * heads * d + i]);
           EXPECT_EQ(moved, 0) << "qk_norm_rope changed v heads, " << what;
         }
       }
@@ -259,7 +300,7 @@ TEST_F(CudaParity, QkNormRopeOverHeadDimsAndGqaRatios) {
   }
 }
 
-TEST_F(CudaParity, Swiglu) {
+TEST_P(CudaParity, Swiglu) {
   for (const int64_t rows : {1, 3, 517}) {
     for (const int64_t n : {int64_t{1}, int64_t{7}, int64_t{33 * 128}, int64_t{9728}, int64_t{3001}}) {
       Values v = random_values(size_t(rows * 2 * n), 13, -8.0f, 8.0f);
@@ -274,7 +315,7 @@ TEST_F(CudaParity, Swiglu) {
 
 // Attention from the fused q/k/v projection output on both backends: odd lengths, GQA ratios
 // 1/2/4/8, the mma (head_dim 32) and wgmma (64, 128) kernels, packed short sequences.
-TEST_F(CudaParity, AttentionFromFusedQkv) {
+TEST_P(CudaParity, AttentionFromFusedQkv) {
   struct Heads {
     int hq, hkv;
   };
@@ -291,7 +332,7 @@ TEST_F(CudaParity, AttentionFromFusedQkv) {
         const Values c = cpu_->to_host_f32(out.cpu), g = gpu_->to_host_f32(out.gpu);
         int bad = 0;
         for (size_t i = 0; i < c.size(); ++i) {
-          // Both round P to bf16 for P·V at different points, and the output to bf16.
+          // Both round P for P·V at different points (fp16: only the CUDA side), and the output.
           if (!(std::fabs(double{c[i]} - g[i]) <= 1e-2 + 2e-2 * std::fabs(c[i])) && ++bad <= 5)
             ADD_FAILURE() << "element " << i << ": cuda " << g[i] << ", cpu " << c[i];
         }
@@ -301,7 +342,7 @@ TEST_F(CudaParity, AttentionFromFusedQkv) {
   }
 }
 
-TEST_F(CudaParity, GatherLastTokens) {
+TEST_P(CudaParity, GatherLastTokens) {
   for (const int64_t n : {64, 100}) {
     for (const auto& lengths : kBatches) {
       const PackedBatch b = batch_of_lengths(lengths, 100);
@@ -315,7 +356,7 @@ TEST_F(CudaParity, GatherLastTokens) {
   }
 }
 
-TEST_F(CudaParity, BatchBuffersGrowAndKeepWorking) {
+TEST_P(CudaParity, BatchBuffersGrowAndKeepWorking) {
   const int vocab = 500, hidden = 64;
   const Pair table = weight(DType::BF16, {vocab, hidden}, random_values(size_t(vocab * hidden), 16), WeightKind::EmbeddingTable);
   for (const auto& lengths : std::vector<std::vector<int>>{{3}, {2000, 3000}, {5, 1}, {9000}, {2}}) {
@@ -328,21 +369,75 @@ TEST_F(CudaParity, BatchBuffersGrowAndKeepWorking) {
   }
 }
 
-TEST_F(CudaParity, TokenIdsOutsideTheVocabularyAreRejected) {
+TEST_P(CudaParity, TokenIdsOutsideTheVocabularyAreRejected) {
   const Pair table = weight(DType::BF16, {10, 16}, random_values(160, 17), WeightKind::EmbeddingTable);
   EXPECT_THROW(gpu_->set_batch(batch_of_lengths({4}, 1000, 3)), Error);
 }
 
-TEST_F(CudaParity, DeviceMemoryCountsWeightsAndBuffers) {
+TEST_P(CudaParity, DeviceMemoryCountsWeightsAndBuffers) {
   const int64_t before = gpu_->device_memory_bytes();
   EXPECT_GE(before, int64_t{32} << 20) << "the cuBLASLt workspace is device memory";
   {
-    const Tensor t = gpu_->allocate(DType::BF16, {1024, 1024});
+    const Tensor t = gpu_->allocate(half(), {1024, 1024});
     EXPECT_EQ(gpu_->device_memory_bytes(), before + (int64_t{2} << 20));
   }
   EXPECT_EQ(gpu_->device_memory_bytes(), before);
   const Pair w = weight(DType::F32, {300, 200}, random_values(60000, 18), WeightKind::Matrix);
   EXPECT_GT(gpu_->device_memory_bytes(), before + 300 * 200 * 2);
+}
+
+// fp16 tops out at 65504: a checkpoint value that would become inf is refused while loading, with
+// the element named, whatever the checkpoint's dtype; bf16 (fp32's range) takes it.
+TEST(CudaBackend, Float16RefusesWeightsBeyondItsRange) {
+  REQUIRE_CUDA();
+  const auto fp16 = make_cuda_backend(Precision::Fast, HalfType::Float16, 0);
+  const auto bf16 = make_cuda_backend(Precision::Fast, HalfType::BFloat16, 0);
+  for (const DType dt : {DType::F32, DType::BF16}) {
+    Values v = random_values(3 * 1000, 40);
+    v[1234] = -98304.0f;  // exact in bf16 too
+    v[2000] = 1e9f;
+    const Tensor host = host_tensor(dt, {3, 1000}, v);
+    try {
+      fp16->load_weight(host, WeightKind::Matrix);
+      ADD_FAILURE() << "expected an error for " << dtype_name(dt);
+    } catch (const Error& e) {
+      const std::string want = "CUDA backend: weight " + std::string(dtype_name(dt)) +
+                               "[3, 1000]: element 1234 is -98304, beyond float16's range (largest 65504); "
+                               "run this model in bfloat16";
+      EXPECT_EQ(e.what(), want);
+    }
+    try {
+      fp16->load_stacked_weight({host_tensor(dt, {2, 1000}, random_values(2000, 41)), host});
+      ADD_FAILURE() << "expected an error for a stacked " << dtype_name(dt);
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("part 2 of 2 of a stacked weight"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("element 1234 is -98304"), std::string::npos) << e.what();
+    }
+    EXPECT_NO_THROW(bf16->load_weight(host, WeightKind::Matrix));
+    // Norm vectors stay fp32.
+    EXPECT_NO_THROW(fp16->load_weight(host_tensor(dt, {3000}, v), WeightKind::Vector));
+  }
+  // Element numbers count from the tensor's start across the 1 MiB copy pieces and 64 MiB staging
+  // buffers; the earlier of two bad values is the one named.
+  for (const auto& [dt, rows] : {std::pair{DType::F32, int64_t{5000}}, std::pair{DType::BF16, int64_t{9000}}}) {
+    Values big(static_cast<size_t>(rows * 4000), 0.25f);
+    big[big.size() - 3] = 1e6f;
+    big[big.size() - 999'999] = -131072.0f;
+    const std::string message = ember_test::error_of(
+        [&] { fp16->load_weight(host_tensor(dt, {rows, 4000}, big), WeightKind::Matrix); });
+    EXPECT_NE(message.find("element " + std::to_string(big.size() - 999'999) + " is -131072,"), std::string::npos)
+        << message;
+  }
+  // 65519 still rounds to 65504; 65520 would round to inf. fp16 checkpoints cannot exceed it.
+  Values edge(64, 0.5f);
+  edge[7] = 65519.0f;
+  EXPECT_NO_THROW(fp16->load_weight(host_tensor(DType::F32, {8, 8}, edge), WeightKind::Matrix));
+  EXPECT_NO_THROW(fp16->load_weight(host_tensor(DType::F16, {8, 8}, edge), WeightKind::Matrix));
+  edge[9] = 65520.0f;
+  EXPECT_THROW(fp16->load_weight(host_tensor(DType::F32, {8, 8}, edge), WeightKind::Matrix), Error);
+  // The backend stays usable: a weight loaded after refused ones arrives intact.
+  const Tensor ok = fp16->load_weight(host_tensor(DType::BF16, {8, 8}, Values(64, 0.5f)), WeightKind::Matrix);
+  EXPECT_EQ(fp16->to_host_f32(ok), Values(64, 0.5f));
 }
 
 TEST(CudaBackend, CublasPeakIsPlausible) {

@@ -1,8 +1,9 @@
-// Whole-model checks of the CUDA backend: the golden variants of tests/data/model_golden.json
-// against Hugging Face transformers and against the CPU backend (fast precision); CUDA-graph
-// replays against eager runs, including same-shape batches with different contents, batches
-// after larger ones (buffer growth) and after long inputs. With EMBER_CUDA_BENCH_MODEL set to a
-// model folder, also prints load time and single-query latency (no timed assertions).
+// Whole-model checks of the CUDA backend, in bf16 and in fp16: the golden variants of
+// tests/data/model_golden.json against Hugging Face transformers and against the CPU backend;
+// CUDA-graph replays against eager runs, including same-shape batches with different contents,
+// batches after larger ones (buffer growth) and after long inputs; fp16's refusal of a checkpoint
+// value it cannot hold. With EMBER_CUDA_BENCH_MODEL set to a model folder, also prints load time
+// and single-query latency (no timed assertions).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -35,18 +36,24 @@ namespace ember {
 namespace {
 
 using ember_test::cosine;
+using ember_test::error_of;
 using ember_test::TempDir;
 using ember_test::write_variant;
 
-std::unique_ptr<Engine> open_engine(const fs::path& dir, Device device, int64_t max_batch_tokens) {
+const char* name(HalfType h) { return h == HalfType::Float16 ? "fp16" : "bf16"; }
+
+std::unique_ptr<Engine> open_engine(const fs::path& dir, Device device, int64_t max_batch_tokens,
+                                    Precision precision = Precision::Fast, HalfType half = HalfType::BFloat16) {
   EngineOptions eo;
   eo.model = dir.string();
   eo.device = device;
-  eo.precision = Precision::Fast;
+  eo.precision = precision;
+  eo.half_type = half;
   eo.max_batch_tokens = max_batch_tokens;
   return Engine::open(eo);
 }
 
+// bf16 is checked against the CPU backend in fast precision (bf16 too), fp16 against exact (fp32).
 TEST(CudaModel, GoldenVariantsMatchTransformersAndTheCpuBackend) {
   REQUIRE_CUDA();
   std::ifstream f(fs::path(EMBER_TEST_DATA_DIR) / "model_golden.json");
@@ -55,29 +62,74 @@ TEST(CudaModel, GoldenVariantsMatchTransformersAndTheCpuBackend) {
   const std::vector<std::string> texts = golden.at("texts");
   TempDir tmp;
   for (const auto& v : golden.at("variants")) {
-    const std::string name = v.at("name");
-    SCOPED_TRACE(name);
+    const std::string variant = v.at("name");
+    SCOPED_TRACE(variant);
     const fs::path dir = write_variant(v, tmp.path);
-    const auto cpu = open_engine(dir, Device::Cpu, 8192)->embed_texts(texts, EmbedOptions{});
-    // 8192: one eager batch of every text; 700: graph-recorded batches, and the 4,992-token text
-    // alone on the long-input path with its MLP in row chunks.
-    for (const int64_t budget : {8192, 700}) {
-      const auto engine = open_engine(dir, Device::Cuda, budget);
-      const auto got = engine->embed_texts(texts, EmbedOptions{});
-      ASSERT_EQ(got.size(), texts.size());
-      double worst_hf = 1.0, worst_cpu = 1.0;
-      for (size_t t = 0; t < texts.size(); ++t) {
-        const double hf = cosine(got[t], v.at("embeddings")[t].get<std::vector<float>>());
-        const double c = cosine(got[t], cpu[t]);
-        EXPECT_GE(hf, 0.999) << "text " << t << " vs transformers, budget " << budget;
-        EXPECT_GE(c, 0.999) << "text " << t << " vs the CPU backend, budget " << budget;
-        worst_hf = std::min(worst_hf, hf);
-        worst_cpu = std::min(worst_cpu, c);
+    for (const HalfType half : {HalfType::BFloat16, HalfType::Float16}) {
+      const Precision cpu_precision = half == HalfType::Float16 ? Precision::Exact : Precision::Fast;
+      const auto cpu = open_engine(dir, Device::Cpu, 8192, cpu_precision)->embed_texts(texts, EmbedOptions{});
+      // 8192: one eager batch of every text; 700: graph-recorded batches, and the 4,992-token text
+      // alone on the long-input path with its MLP in row chunks.
+      for (const int64_t budget : {8192, 700}) {
+        const auto engine = open_engine(dir, Device::Cuda, budget, Precision::Fast, half);
+        const auto got = engine->embed_texts(texts, EmbedOptions{});
+        ASSERT_EQ(got.size(), texts.size());
+        double worst_hf = 1.0, worst_cpu = 1.0;
+        for (size_t t = 0; t < texts.size(); ++t) {
+          const double hf = cosine(got[t], v.at("embeddings")[t].get<std::vector<float>>());
+          const double c = cosine(got[t], cpu[t]);
+          EXPECT_GE(hf, 0.999) << name(half) << " text " << t << " vs transformers, budget " << budget;
+          EXPECT_GE(c, 0.999) << name(half) << " text " << t << " vs the CPU backend, budget " << budget;
+          worst_hf = std::min(worst_hf, hf);
+          worst_cpu = std::min(worst_cpu, c);
+        }
+        std::printf("cuda %s %s (budget %lld): worst cosine vs transformers %.6f, vs cpu %s %.6f\n", name(half),
+                    variant.c_str(), static_cast<long long>(budget), worst_hf,
+                    cpu_precision == Precision::Exact ? "exact" : "fast", worst_cpu);
       }
-      std::printf("cuda %s (budget %lld): worst cosine vs transformers %.6f, vs cpu fast %.6f\n", name.c_str(),
-                  static_cast<long long>(budget), worst_hf, worst_cpu);
     }
   }
+}
+
+// Sets element `index` of the BF16 tensor `tensor` in the safetensors file `file` to `value`.
+void poke_bf16(const fs::path& file, const std::string& tensor, int64_t index, float value) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  ASSERT_TRUE(f) << file;
+  uint64_t header_bytes = 0;
+  f.read(reinterpret_cast<char*>(&header_bytes), 8);
+  std::string header(header_bytes, '\0');
+  f.read(header.data(), static_cast<std::streamsize>(header_bytes));
+  const nlohmann::json h = nlohmann::json::parse(header);
+  ASSERT_EQ(h.at(tensor).at("dtype"), "BF16");
+  const int64_t begin = h.at(tensor).at("data_offsets")[0];
+  const uint16_t bits = f32_to_bf16(value);
+  f.seekp(static_cast<std::streamoff>(8 + header_bytes + begin + 2 * index));
+  f.write(reinterpret_cast<const char*>(&bits), 2);
+  ASSERT_TRUE(f) << "writing " << tensor;
+}
+
+// A bf16 checkpoint value beyond fp16's range fails the fp16 load with the tensor named (the
+// part of a stacked weight too); bf16 loads the same folder.
+TEST(CudaModel, Float16NamesTheWeightItCannotHold) {
+  REQUIRE_CUDA();
+  TempDir tmp;
+  MakeModelOptions o;
+  o.tokenizer_dir = EMBER_TOKENIZER_DIR;
+  const fs::path dir = tmp.path / "m", file = dir / "model.safetensors";
+  make_model(preset_config("tiny"), o, dir);
+  poke_bf16(file, "layers.1.mlp.up_proj.weight", 5, -3.0e5f);
+  poke_bf16(file, "layers.2.mlp.down_proj.weight", 77, 1.0e5f);
+  const auto open_fp16 = [&] { open_engine(dir, Device::Cuda, 512, Precision::Fast, HalfType::Float16); };
+  std::string message = error_of(open_fp16);
+  EXPECT_NE(message.find("layers.1.mlp.gate_proj.weight, layers.1.mlp.up_proj.weight: CUDA backend: part 2 of 2 of "
+                         "a stacked weight, BF16[128, 64]: element 5 is -299008, beyond float16's range"),
+            std::string::npos)
+      << message;
+  poke_bf16(file, "layers.1.mlp.up_proj.weight", 5, 0.0f);
+  message = error_of(open_fp16);
+  EXPECT_EQ(message, "layers.2.mlp.down_proj.weight: CUDA backend: weight BF16[64, 128]: element 77 is 99840, beyond "
+                     "float16's range (largest 65504); run this model in bfloat16");
+  EXPECT_NO_THROW(open_engine(dir, Device::Cuda, 512, Precision::Fast, HalfType::BFloat16));
 }
 
 // A model with head_dim 128 and GQA ratio 4, driven through Qwen3Model directly so the same
@@ -121,15 +173,22 @@ class CudaGraphs : public ::testing::Test {
     return d;
   }
 
-  // Runs `batches` in order on a graph-recording, an eager CUDA and a CPU fast model; every
-  // result must match (graph == eager up to GEMM reduction order; cuda ~ cpu by cosine). The
-  // graph model runs each batch twice: a shape's first run is eager, later ones are recorded or
-  // replayed.
+  // Runs `batches` in order on a graph-recording, an eager CUDA and a CPU fast model, for bf16 and
+  // for fp16; every result must match (graph == eager up to GEMM reduction order; cuda ~ cpu by
+  // cosine). The graph model runs each batch twice: a shape's first run is eager, later ones are
+  // recorded or replayed.
   void run_all(const std::vector<PackedBatch>& batches, int64_t max_batch_tokens) {
-    auto graph_backend = make_cuda_backend(Precision::Fast, 0);
+    for (const HalfType half : {HalfType::BFloat16, HalfType::Float16}) {
+      SCOPED_TRACE(name(half));
+      run_all(batches, max_batch_tokens, half);
+    }
+  }
+
+  void run_all(const std::vector<PackedBatch>& batches, int64_t max_batch_tokens, HalfType half) {
+    auto graph_backend = make_cuda_backend(Precision::Fast, half, 0);
     CudaBackendOptions eager_options;
     eager_options.use_graphs = false;
-    auto eager_backend = make_cuda_backend(Precision::Fast, 0, eager_options);
+    auto eager_backend = make_cuda_backend(Precision::Fast, half, 0, eager_options);
     auto cpu_backend = make_cpu_backend(Precision::Fast, 0);
     Qwen3Model graph(config_, *weights_, *graph_backend, max_batch_tokens);
     Qwen3Model eager(config_, *weights_, *eager_backend, max_batch_tokens);
@@ -145,7 +204,7 @@ class CudaGraphs : public ::testing::Test {
       const float scale = *std::max_element(e.begin(), e.end(), [](float x, float y) { return std::fabs(x) < std::fabs(y); });
       const float diff = std::max(max_diff(g, e), max_diff(warm, e));
       EXPECT_LE(diff, 1e-2f * std::fabs(scale)) << "graph replay differs from the eager run";
-      std::printf("batch %zu (T=%lld, S=%lld): max |graph - eager| = %g (scale %g)\n", i,
+      std::printf("%s batch %zu (T=%lld, S=%lld): max |graph - eager| = %g (scale %g)\n", name(half), i,
                   static_cast<long long>(b.tokens()), static_cast<long long>(b.sequences()), diff, scale);
       for (int64_t s = 0; s < b.sequences(); ++s) {
         const std::vector<float> gs(g.begin() + s * H, g.begin() + (s + 1) * H);

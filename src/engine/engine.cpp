@@ -55,7 +55,7 @@ std::unique_ptr<Backend> make_backend(const EngineOptions& options) {
       return make_cpu_backend(options.precision, options.threads);
     case Device::Cuda:
 #ifdef EMBER_HAVE_CUDA
-      return make_cuda_backend(options.precision, 0);
+      return make_cuda_backend(options.precision, options.half_type, 0);
 #else
       throw Error("this ember was built without CUDA");
 #endif

@@ -3,9 +3,22 @@
 #include <algorithm>
 #include <string>
 
+#include "ember/error.h"
+
 namespace ember {
 
 namespace {
+
+// Runs load(), a backend's load of the weight `name`; its errors (a value the device's dtype
+// cannot hold, say) then name the tensor.
+template <class Load>
+Tensor loading(const std::string& name, const Load& load) {
+  try {
+    return load();
+  } catch (const Error& e) {
+    throw Error(name + ": " + e.what());
+  }
+}
 
 // Rows [begin, begin + count) of a row-major tensor, as a view (works for device pointers too).
 Tensor rows(const Tensor& t, int64_t begin, int64_t count) {
@@ -41,12 +54,17 @@ Qwen3Model::Qwen3Model(const ModelConfig& config, const WeightStore& weights, Ba
   const int64_t H = config.hidden_size, D = config.head_dim, I = config.intermediate_size;
   const int64_t q_dim = config.num_attention_heads * D, kv_dim = config.num_key_value_heads * D;
   auto load = [&](const std::string& name, std::vector<int64_t> shape, WeightKind kind) {
-    return backend_.load_weight(weights.get(name, shape), kind);
+    const Tensor host = weights.get(name, shape);
+    return loading(name, [&] { return backend_.load_weight(host, kind); });
   };
   auto stacked = [&](const std::string& prefix, const std::vector<std::pair<std::string, int64_t>>& parts, int64_t in) {
     std::vector<Tensor> hosts;
-    for (const auto& [name, n] : parts) hosts.push_back(weights.get(prefix + name + ".weight", {n, in}));
-    return backend_.load_stacked_weight(hosts);
+    std::string names;
+    for (const auto& [name, n] : parts) {
+      hosts.push_back(weights.get(prefix + name + ".weight", {n, in}));
+      names += (names.empty() ? "" : ", ") + prefix + name + ".weight";
+    }
+    return loading(names, [&] { return backend_.load_stacked_weight(hosts); });
   };
   embed_tokens_ = load("embed_tokens.weight", {config.vocab_size, H}, WeightKind::EmbeddingTable);
   layers_.reserve(config.num_hidden_layers);

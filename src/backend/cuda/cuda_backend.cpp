@@ -1,6 +1,7 @@
 // The CUDA backend: weights uploaded once into a device arena, every op launched on one stream
 // (cuBLASLt for linear(), kernels.h for the rest, attention.h for attention), and whole forward
-// passes of small batches recorded as CUDA graphs.
+// passes of small batches recorded as CUDA graphs. One class template over the 16-bit type of
+// weights and activations: bf16, or fp16 by option.
 #include "backend/cuda/cuda_backend.h"
 
 #include <cuda_runtime.h>
@@ -8,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 #include "backend/cuda/attention.h"
 #include "backend/cuda/cuda_check.h"
@@ -23,12 +25,14 @@
 namespace ember {
 namespace {
 
-using cuda::bf16;
 using cuda::check;
 
-bf16* bf16_ptr(const Tensor& t) { return static_cast<bf16*>(t.data); }
-
+// Half: cuda::bf16 or cuda::f16, the type of every matrix weight and activation.
+template <class Half>
 class CudaBackend final : public Backend {
+  static constexpr DType kHalf = std::is_same_v<Half, cuda::f16> ? DType::F16 : DType::BF16;
+  static Half* ptr(const Tensor& t) { return static_cast<Half*>(t.data); }
+
  public:
   CudaBackend(int device, const CudaBackendOptions& options)
       : device_(device),
@@ -40,7 +44,7 @@ class CudaBackend final : public Backend {
     check(cudaSetDevice(device_), "cudaSetDevice");
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     check(cudaEventCreateWithFlags(&batch_copied_, cudaEventDisableTiming), "cudaEventCreate");
-    gemm_ = std::make_unique<cuda::Gemm>(memory_, options.tune_gemms);
+    gemm_ = std::make_unique<cuda::Gemm>(memory_, options.tune_gemms, kHalf);
     if (cuda::OpProfile::requested()) profile_ = std::make_unique<cuda::OpProfile>(stream_);
   }
 
@@ -56,7 +60,7 @@ class CudaBackend final : public Backend {
   }
 
   const char* name() const override { return "cuda"; }
-  DType activation_dtype() const override { return DType::BF16; }
+  DType activation_dtype() const override { return kHalf; }
   int64_t device_memory_bytes() const override { return memory_->bytes.load(); }
 
   std::string profile_report() override {
@@ -70,11 +74,11 @@ class CudaBackend final : public Backend {
     check_host_weight(host, kind);
     check(cudaSetDevice(device_), "cudaSetDevice");
     Tensor t;
-    t.dtype = kind == WeightKind::Vector ? DType::F32 : DType::BF16;
+    t.dtype = kind == WeightKind::Vector ? DType::F32 : kHalf;
     t.shape = host.shape;
     t.storage = arena_.take(t.nbytes());
     t.data = t.storage.get();
-    uploader_.upload(host.data, host.dtype, t.data, t.dtype, host.numel());
+    upload(host, t.data, t.dtype, "weight " + describe(host));
     if (kind == WeightKind::EmbeddingTable) vocab_ = host.dim(0);
     return t;
   }
@@ -91,14 +95,16 @@ class CudaBackend final : public Backend {
     }
     check(cudaSetDevice(device_), "cudaSetDevice");
     Tensor t;
-    t.dtype = DType::BF16;
+    t.dtype = kHalf;
     t.shape = {rows, hosts.front().dim(1)};
     t.storage = arena_.take(t.nbytes());
     t.data = t.storage.get();
     int64_t offset = 0;
-    for (const Tensor& host : hosts) {
-      uploader_.upload(host.data, host.dtype, bf16_ptr(t) + offset, t.dtype, host.numel());
-      offset += host.numel();
+    for (size_t i = 0; i < hosts.size(); ++i) {
+      upload(hosts[i], ptr(t) + offset, t.dtype,
+             "part " + std::to_string(i + 1) + " of " + std::to_string(hosts.size()) + " of a stacked weight, " +
+                 describe(hosts[i]));
+      offset += hosts[i].numel();
     }
     return t;
   }
@@ -146,27 +152,27 @@ class CudaBackend final : public Backend {
 
   void embed_tokens(const Tensor& table, Tensor& x) override {
     weights_ready();
-    checks_.require(table.dtype == DType::BF16 && table.shape.size() == 2,
-                    "embedding table must be a BF16 [vocab, hidden] weight from load_weight, got " + describe(table));
+    checks_.require(table.dtype == kHalf && table.shape.size() == 2,
+                    std::string("embedding table must be a ") + dtype_name(kHalf) +
+                        " [vocab, hidden] weight from load_weight, got " + describe(table));
     const int64_t hidden = table.dim(1);
     checks_.act(x, tokens_ * hidden, "embed_tokens output");
     timed("embed_tokens", 0, 4.0 * tokens_ * hidden,
-          [&] { cuda::embed_gather(bf16_ptr(table), ids_, bf16_ptr(x), tokens_, hidden, stream_); });
+          [&] { cuda::embed_gather(ptr(table), ids_, ptr(x), tokens_, hidden, stream_); });
   }
 
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
     weights_ready();
     const OpChecks::Rows size = checks_.rms_norm(x, w, out);
     timed("rms_norm", 0, 4.0 * x.numel(),
-          [&] { cuda::rms_norm(bf16_ptr(x), w.as<float>(), bf16_ptr(out), size.rows, size.n, eps, stream_); });
+          [&] { cuda::rms_norm(ptr(x), w.as<float>(), ptr(out), size.rows, size.n, eps, stream_); });
   }
 
   void add_rms_norm(Tensor& residual, const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
     weights_ready();
     const OpChecks::Rows size = checks_.add_rms_norm(residual, x, w, out);
     timed("add_rms_norm", 0, 8.0 * residual.numel(), [&] {
-      cuda::add_rms_norm(bf16_ptr(residual), bf16_ptr(x), w.as<float>(), bf16_ptr(out), size.rows, size.n, eps,
-                         stream_);
+      cuda::add_rms_norm(ptr(residual), ptr(x), w.as<float>(), ptr(out), size.rows, size.n, eps, stream_);
     });
   }
 
@@ -174,7 +180,7 @@ class CudaBackend final : public Backend {
     weights_ready();
     const OpChecks::Matmul size = checks_.linear(x, w, out);
     const int64_t m = size.m, n = size.n, k = size.k;
-    const auto run = [&] { gemm_->run(bf16_ptr(x), bf16_ptr(w), bf16_ptr(out), m, n, k, stream_); };
+    const auto run = [&] { gemm_->run(x.data, w.data, out.data, m, n, k, stream_); };
     if (!profile_) return run();
     timed("linear N=" + std::to_string(n) + " K=" + std::to_string(k), 2.0 * m * n * k, 2.0 * (m * k + n * k + m * n),
           run);
@@ -195,7 +201,7 @@ class CudaBackend final : public Backend {
       rope_theta_ = theta;
     }
     timed("qk_norm_rope", 0, 4.0 * T * (q_heads + kv_heads) * d, [&] {
-      cuda::qk_norm_rope(bf16_ptr(qkv), q_norm.as<float>(), k_norm.as<float>(), positions_, T,
+      cuda::qk_norm_rope(ptr(qkv), q_norm.as<float>(), k_norm.as<float>(), positions_, T,
                          static_cast<int>(q_heads), static_cast<int>(kv_heads), static_cast<int>(d), eps, rope_,
                          stream_);
     });
@@ -208,9 +214,9 @@ class CudaBackend final : public Backend {
     const OpChecks::Heads heads = checks_.attention(qkv, out, T);
     const int64_t hq = heads.q_heads, hkv = heads.kv_heads, d = heads.d;
     const int64_t row = (hq + 2 * hkv) * d;
-    const bf16* q = bf16_ptr(qkv);
+    const Half* q = ptr(qkv);
     timed("attention", 0, 0, [&] {
-      cuda::attention_varlen(q, q + hq * d, q + (hq + hkv) * d, bf16_ptr(out), offsets_, static_cast<int>(sequences_),
+      cuda::attention_varlen(q, q + hq * d, q + (hq + hkv) * d, ptr(out), offsets_, static_cast<int>(sequences_),
                              T, static_cast<int>(max_seq_len_), static_cast<int>(hq), static_cast<int>(hkv),
                              static_cast<int>(d), stream_, row, row);
     });
@@ -220,7 +226,7 @@ class CudaBackend final : public Backend {
     weights_ready();
     const OpChecks::Rows size = checks_.swiglu(gate_up, out);
     timed("swiglu", 0, 3.0 * gate_up.numel(),
-          [&] { cuda::swiglu(bf16_ptr(gate_up), bf16_ptr(out), size.rows, size.n, stream_); });
+          [&] { cuda::swiglu(ptr(gate_up), ptr(out), size.rows, size.n, stream_); });
   }
 
   void gather_last_tokens(const Tensor& x, Tensor& out) override {
@@ -228,7 +234,7 @@ class CudaBackend final : public Backend {
     const int64_t T = tokens_, S = sequences_;
     const int64_t n = checks_.gather_last_tokens(x, out, T, S);
     timed("gather_last_tokens", 0, 4.0 * S * n,
-          [&] { cuda::gather_last_tokens(bf16_ptr(x), offsets_, bf16_ptr(out), S, n, stream_); });
+          [&] { cuda::gather_last_tokens(ptr(x), offsets_, ptr(out), S, n, stream_); });
   }
 
   std::vector<float> to_host_f32(const Tensor& t) override {
@@ -271,6 +277,15 @@ class CudaBackend final : public Backend {
     profile_->end(label, flops, bytes);
   }
 
+  // Converts host: [n] into dst on the device; `what` names the weight when F16 cannot hold a value.
+  void upload(const Tensor& host, void* dst, DType dst_dtype, const std::string& what) {
+    try {
+      uploader_.upload(host.data, host.dtype, dst, dst_dtype, host.numel());
+    } catch (const cuda::F16RangeError& e) {
+      throw Error("CUDA backend: " + what + ": " + e.what() + "; run this model in bfloat16");
+    }
+  }
+
   // Weights are uploaded asynchronously; the first op after the last load_weight waits for them.
   void weights_ready() {
     if (uploader_.pending()) uploader_.finish();
@@ -308,7 +323,7 @@ class CudaBackend final : public Backend {
                     "matrix and embedding weights must be 2-D, got " + describe(host));
   }
 
-  const OpChecks checks_{"CUDA backend", DType::BF16};
+  const OpChecks checks_{"CUDA backend", kHalf};
   int device_;
   CudaBackendOptions options_;
   std::shared_ptr<cuda::MemoryCounter> memory_;
@@ -336,9 +351,10 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend(Precision precision, int device_index, const CudaBackendOptions& options) {
+std::unique_ptr<Backend> make_cuda_backend(Precision precision, HalfType half_type, int device_index,
+                                           const CudaBackendOptions& options) {
   if (precision == Precision::Exact) {
-    throw Error("exact precision runs on the CPU; the CUDA backend computes in bf16 (fast)");
+    throw Error("exact precision runs on the CPU; the CUDA backend computes in bfloat16 or float16 (fast)");
   }
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
@@ -357,7 +373,8 @@ std::unique_ptr<Backend> make_cuda_backend(Precision precision, int device_index
     throw Error("the CUDA backend is built for Hopper (sm_90a); device " + std::to_string(device_index) + " is a " +
                 prop.name + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ")");
   }
-  return std::make_unique<CudaBackend>(device_index, options);
+  if (half_type == HalfType::Float16) return std::make_unique<CudaBackend<cuda::f16>>(device_index, options);
+  return std::make_unique<CudaBackend<cuda::bf16>>(device_index, options);
 }
 
 }  // namespace ember

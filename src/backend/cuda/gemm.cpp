@@ -50,7 +50,11 @@ double estimate_us(int64_t m, int64_t n, int64_t k) {
 
 }  // namespace
 
-Gemm::Gemm(const std::shared_ptr<MemoryCounter>& counter, bool tune) : tune_(tune) {
+Gemm::Gemm(const std::shared_ptr<MemoryCounter>& counter, bool tune, DType dtype)
+    : tune_(tune), dtype_(dtype), type_(dtype == DType::F16 ? CUDA_R_16F : CUDA_R_16BF) {
+  if (dtype != DType::BF16 && dtype != DType::F16) {
+    throw Error(std::string("CUDA backend: GEMMs take BF16 or F16 operands, not ") + dtype_name(dtype));
+  }
   check(cublasLtCreate(&handle_), "cublasLtCreate");
   workspace_ = device_alloc(kWorkspaceBytes, counter, "the cuBLASLt workspace");
   check(cudaEventCreate(&start_), "cudaEventCreate (GEMM tuning)");
@@ -71,16 +75,15 @@ void Gemm::destroy(Plan& p) {
   if (p.desc) cublasLtMatmulDescDestroy(p.desc);
 }
 
-void Gemm::launch(const Plan& p, const cublasLtMatmulAlgo_t& algo, const __nv_bfloat16* x, const __nv_bfloat16* w,
-                  __nv_bfloat16* out, cudaStream_t stream, cublasStatus_t* status) {
+void Gemm::launch(const Plan& p, const cublasLtMatmulAlgo_t& algo, const void* x, const void* w, void* out,
+                  cudaStream_t stream, cublasStatus_t* status) {
   const float alpha = 1.0f, beta = 0.0f;
   *status = cublasLtMatmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, out, p.c, out, p.c, &algo,
                            workspace_.get(), kWorkspaceBytes, stream);
 }
 
-int Gemm::fastest(const Plan& p, const std::vector<cublasLtMatmulHeuristicResult_t>& candidates, int reps,
-                  const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* out, cudaStream_t stream,
-                  std::vector<double>& us) {
+int Gemm::fastest(const Plan& p, const std::vector<cublasLtMatmulHeuristicResult_t>& candidates, int reps, const void* x,
+                  const void* w, void* out, cudaStream_t stream, std::vector<double>& us) {
   int best = 0;
   us.assign(candidates.size(), -1.0);
   for (size_t i = 0; i < candidates.size(); ++i) {
@@ -102,8 +105,7 @@ int Gemm::fastest(const Plan& p, const std::vector<cublasLtMatmulHeuristicResult
 
 // Row-major out[m, n] = x[m, k] · w[n, k]^T is column-major out^T[n, m] = w^T · x, where w and x,
 // read column-major, are [k, n] and [k, m]: cuBLASLt's "TN" case with A = w (transposed), B = x.
-Gemm::Plan& Gemm::plan(const Key& key, const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* out,
-                       cudaStream_t stream) {
+Gemm::Plan& Gemm::plan(const Key& key, const void* x, const void* w, void* out, cudaStream_t stream) {
   if (auto it = plans_.find(key); it != plans_.end()) return it->second;
   if (plans_.size() >= kMaxPlans) {
     for (auto& [k, p] : plans_) destroy(p);
@@ -121,9 +123,9 @@ Gemm::Plan& Gemm::plan(const Key& key, const __nv_bfloat16* x, const __nv_bfloat
           "setting TRANSA");
     check(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &transb, sizeof(transb)),
           "setting TRANSB");
-    check(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, k, n, k), "cublasLtMatrixLayoutCreate (weights)");
-    check(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, k, m, k), "cublasLtMatrixLayoutCreate (input)");
-    check(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_16BF, n, m, n), "cublasLtMatrixLayoutCreate (output)");
+    check(cublasLtMatrixLayoutCreate(&p.a, type_, k, n, k), "cublasLtMatrixLayoutCreate (weights)");
+    check(cublasLtMatrixLayoutCreate(&p.b, type_, k, m, k), "cublasLtMatrixLayoutCreate (input)");
+    check(cublasLtMatrixLayoutCreate(&p.c, type_, n, m, n), "cublasLtMatrixLayoutCreate (output)");
 
     // A shape class already tuned: its algorithm, if it takes this exact shape.
     if (auto t = tuned_.find(class_key); t != tuned_.end()) {
@@ -157,7 +159,8 @@ Gemm::Plan& Gemm::plan(const Key& key, const __nv_bfloat16* x, const __nv_bfloat
     cublasLtMatmulPreferenceDestroy(pref);
     pref = nullptr;
     if (found == 0) {
-      throw Error("CUDA backend: cuBLASLt has no bf16 GEMM algorithm for " + shape_text(m, n, k));
+      throw Error(std::string("CUDA backend: cuBLASLt has no ") + dtype_name(dtype_) + " GEMM algorithm for " +
+                  shape_text(m, n, k));
     }
     results.resize(found);
     p.algo = results[0].algo;
@@ -187,8 +190,7 @@ Gemm::Plan& Gemm::plan(const Key& key, const __nv_bfloat16* x, const __nv_bfloat
   return plans_.emplace(key, p).first->second;
 }
 
-void Gemm::run(const __nv_bfloat16* x, const __nv_bfloat16* w, __nv_bfloat16* out, int64_t m, int64_t n, int64_t k,
-               cudaStream_t stream) {
+void Gemm::run(const void* x, const void* w, void* out, int64_t m, int64_t n, int64_t k, cudaStream_t stream) {
   if (m == 0 || n == 0) return;
   const Plan& p = plan(Key{m, n, k, alignment(w), alignment(x), alignment(out)}, x, w, out, stream);
   cublasStatus_t status = CUBLAS_STATUS_SUCCESS;

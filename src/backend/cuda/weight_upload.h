@@ -1,8 +1,8 @@
 #pragma once
 // Moving weights from the memory-mapped safetensors files to the device quickly: all weights live
 // in a few large arena blocks, and the bytes travel through pinned staging buffers that several
-// host threads fill while the copy engine drains the previous ones (plus a conversion kernel for
-// F16/F32 sources).
+// host threads fill while the copy engine drains the previous ones (plus a conversion kernel when
+// the source dtype is not the device's).
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -12,6 +12,7 @@
 
 #include "backend/cuda/device_memory.h"
 #include "core/dtype.h"
+#include "ember/error.h"
 
 namespace ember::cuda {
 
@@ -29,6 +30,12 @@ class WeightArena {
   size_t used_ = 0, size_ = 0;
 };
 
+// A weight value that F16 cannot hold, found while staging an upload into F16.
+class F16RangeError : public Error {
+ public:
+  using Error::Error;
+};
+
 class WeightUploader {
  public:
   explicit WeightUploader(std::shared_ptr<MemoryCounter> counter);
@@ -36,8 +43,10 @@ class WeightUploader {
   WeightUploader(const WeightUploader&) = delete;
   WeightUploader& operator=(const WeightUploader&) = delete;
 
-  // dst: [n] device (F32 or BF16) <- src: [n] host (F32, F16 or BF16). Returns once `src` has
-  // been read; the device side completes by finish().
+  // dst: [n] device (F32, F16 or BF16) <- src: [n] host (F32, F16 or BF16). Returns once `src`
+  // has been read; the device side completes by finish(). Throws F16RangeError, naming the element,
+  // when dst is F16 and a finite F32/BF16 value would overflow it (the check runs on the host
+  // copies as they are staged, so only uploads into F16 pay for it).
   void upload(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n);
   // Waits for every upload to land and releases the staging buffers. Cheap when nothing is pending.
   void finish();
@@ -62,6 +71,7 @@ class WeightUploader {
 
   Slot& writable_slot();
   void flush(Slot& slot);
+  void drop_unsent(const void* dst, size_t bytes);
   void release();
 
   std::shared_ptr<MemoryCounter> counter_;
