@@ -11,6 +11,7 @@
 #include <string>
 
 #include "ember/engine.h"
+#include "ember/error.h"
 #include "model/make_model.h"
 
 namespace fs = std::filesystem;
@@ -211,6 +212,48 @@ TEST_F(CliTest, DimensionsOutOfRangeAndUnknownPresetAreErrors) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("qwen3-embedding-0.6b"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(root_ / "huge"));
+}
+
+// --dtype spells the precision as servers do; float16 is CUDA only, rejected on the CPU both by
+// the CLI and by Engine::open.
+TEST_F(CliTest, DtypeChoosesThePrecisionAndFloat16NeedsCuda) {
+  const std::string text = "what --dtype means\n";
+  const Result exact = run("embed --model " + model(), text);
+  ASSERT_EQ(exact.code, 0) << exact.err;
+  const Result f32 = run("embed --model " + model() + " --dtype float32", text);
+  ASSERT_EQ(f32.code, 0) << f32.err;
+  EXPECT_EQ(f32.out, exact.out);
+  const Result fast = run("embed --model " + model() + " --precision fast", text);
+  const Result bf16 = run("embed --model " + model() + " --dtype bfloat16", text);
+  ASSERT_EQ(bf16.code, 0) << bf16.err;
+  EXPECT_EQ(bf16.out, fast.out);
+  EXPECT_NE(bf16.out, exact.out);
+
+  const std::string cpu_only = "float16 runs on CUDA only; on the CPU use bfloat16 (fast) or float32 (exact)";
+  Result r = run("embed --model " + model() + " --dtype float16", text);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "ember: error: " + cpu_only + "\n");
+  r = run("embed --model " + model() + " --dtype double", text);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("unknown dtype 'double' (expected float32, bfloat16 or float16)"), std::string::npos) << r.err;
+  r = run("embed --model " + model() + " --dtype bfloat16 --precision fast", text);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("give --dtype or --precision, not both"), std::string::npos) << r.err;
+  r = run("bench --model " + model() + " --dtype float32 --precisions both");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("give --dtype or --precisions, not both"), std::string::npos) << r.err;
+
+  ember::EngineOptions options;
+  options.model = model();
+  ember::apply_dtype("float16", options);
+  EXPECT_EQ(options.precision, ember::Precision::Fast);
+  EXPECT_EQ(options.half_type, ember::HalfType::Float16);
+  try {
+    ember::Engine::open(options);
+    ADD_FAILURE() << "a CPU engine in float16 opened";
+  } catch (const ember::Error& e) {
+    EXPECT_EQ(std::string(e.what()), cpu_only);
+  }
 }
 
 }  // namespace

@@ -140,15 +140,22 @@ double gemm_peak_flops(const EngineOptions& options) {
 #endif
 }
 
+// The --dtype spelling of a precision and half type.
+std::string dtype_of(const EngineOptions& options) {
+  if (options.precision == Precision::Exact) return "float32";
+  return options.half_type == HalfType::Float16 ? "float16" : "bfloat16";
+}
+
 void bench_precision(const BenchFlags& flags, const std::string& model_dir, Precision precision, nlohmann::json& out) {
   const std::string name = precision == Precision::Exact ? "exact" : "fast";
   EngineOptions options = flags.engine.options();
   options.model = model_dir;
   options.precision = precision;
   const bool cuda = options.device == Device::Cuda;
+  const std::string dtype = dtype_of(options);
 
   const double cold = seconds_to_first_output_line(
-      {"embed", "--model", model_dir, "--device", flags.engine.device, "--precision", name, "--threads",
+      {"embed", "--model", model_dir, "--device", flags.engine.device, "--dtype", dtype, "--threads",
        std::to_string(flags.engine.threads), "--max-batch-tokens", std::to_string(options.max_batch_tokens)},
       "What is the capital of China?\n");
   auto start = Clock::now();
@@ -157,7 +164,7 @@ void bench_precision(const BenchFlags& flags, const std::string& model_dir, Prec
   const double peak = gemm_peak_flops(options);
 
   nlohmann::json& result = out[name];
-  fmt::print("\nprecision {}, device {}, threads {}, max batch tokens {}\n", name, flags.engine.device,
+  fmt::print("\nprecision {} ({}), device {}, threads {}, max batch tokens {}\n", name, dtype, flags.engine.device,
              flags.engine.threads, options.max_batch_tokens);
   PrecisionBench bench(*engine, peak, cuda, options.max_batch_tokens, result["workloads"]);
   const int scale = flags.quick ? 4 : 1;
@@ -180,6 +187,7 @@ void bench_precision(const BenchFlags& flags, const std::string& model_dir, Prec
              cuda ? "cuBLASLt bf16" : (precision == Precision::Fast ? "oneDNN bf16" : "oneDNN f32"));
   if (cuda) fmt::print("  {:<36} {:.2f} GB\n", "device memory held", static_cast<double>(memory) / 1e9);
   if (const std::string profile = engine->profile_report(); !profile.empty()) fmt::print(stderr, "\n{}", profile);
+  result["dtype"] = dtype;
   result["exec_to_first_embedding_s"] = cold;
   result["load_s"] = load;
   result["gemm_peak_tflops"] = peak / 1e12;
@@ -192,7 +200,10 @@ void run_bench(const BenchFlags& flags) {
   const bool cuda = parse_device(flags.engine.device) == Device::Cuda;
   std::vector<Precision> precisions;
   const std::string which = flags.precisions.empty() ? (cuda ? "fast" : "both") : flags.precisions;
-  if (which == "both") {
+  if (!flags.engine.dtype.empty()) {
+    if (!flags.precisions.empty()) throw Error("give --dtype or --precisions, not both");
+    precisions = {flags.engine.options().precision};
+  } else if (which == "both") {
     precisions = {Precision::Fast, Precision::Exact};
   } else {
     precisions = {parse_precision(which)};

@@ -12,6 +12,7 @@ struct EngineFlags {
   std::string model;
   std::string device = "cpu";
   std::string precision;  // empty: exact on the CPU
+  std::string dtype;      // bfloat16 | float16 | float32 (apply_dtype); empty: --precision decides
   int threads = 0;
   int64_t max_batch_tokens = 0;  // 0: the device's default (8192 on the CPU, 16384 on CUDA)
 

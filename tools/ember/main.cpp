@@ -12,6 +12,8 @@ void EngineFlags::add_to(CLI::App& app, bool model_required) {
   if (model_required) m->required();
   app.add_option("--device", device, "cpu or cuda")->capture_default_str();
   app.add_option("--precision", precision, "exact (fp32 activations) or fast (bf16 activations)");
+  app.add_option("--dtype", dtype,
+                 "bfloat16, float16 (CUDA only) or float32: the activation and weight type (instead of --precision)");
   app.add_option("--threads", threads, "CPU threads (0: all cores)")->capture_default_str();
   app.add_option("--max-batch-tokens", max_batch_tokens,
                  "Tokens packed into one forward pass (default 8192 on the CPU, 16384 on CUDA)");
@@ -21,8 +23,13 @@ EngineOptions EngineFlags::options() const {
   EngineOptions o;
   o.model = model;
   o.device = parse_device(device);
-  o.precision = precision.empty() ? (o.device == Device::Cpu ? Precision::Exact : Precision::Fast)
-                                  : parse_precision(precision);
+  if (!dtype.empty()) {
+    if (!precision.empty()) throw Error("give --dtype or --precision, not both");
+    apply_dtype(dtype, o);
+  } else {
+    o.precision = precision.empty() ? (o.device == Device::Cpu ? Precision::Exact : Precision::Fast)
+                                    : parse_precision(precision);
+  }
   o.threads = threads;
   o.max_batch_tokens = max_batch_tokens > 0 ? max_batch_tokens : (o.device == Device::Cpu ? 8192 : 16384);
   return o;
