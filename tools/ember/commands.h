@@ -29,5 +29,6 @@ void add_tokenize_command(CLI::App& app);
 void add_info_command(CLI::App& app);
 void add_make_model_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
 
 }  // namespace ember::cli

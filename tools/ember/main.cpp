@@ -50,6 +50,7 @@ int main(int argc, char** argv) {
   ember::cli::add_info_command(app);
   ember::cli::add_make_model_command(app);
   ember::cli::add_bench_command(app);
+  ember::cli::add_serve_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
