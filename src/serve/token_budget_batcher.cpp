@@ -171,14 +171,17 @@ void TokenBudgetBatcher::compute(std::vector<QueuedSequence>& batch) {
 
 void TokenBudgetBatcher::finish(JobState& job, std::exception_ptr error) {
   if (error) job.failed = true;
+  // Released before the callback hands the result on: its client may have the response at once, and
+  // its next request must find the slot free (with --max-concurrent-requests 1 it got 429 otherwise).
+  // Drain still waits for the response itself: its connection stays open until it is written.
+  {
+    std::lock_guard lock(mutex_);
+    --in_flight_;
+  }
   try {
     job.job.done(error ? std::vector<std::vector<float>>{} : std::move(job.pooled), error);
   } catch (...) {
     // A callback that throws must not take the scheduler down; it only posts work elsewhere.
-  }
-  {
-    std::lock_guard lock(mutex_);
-    --in_flight_;
   }
   all_answered_.notify_all();
 }
