@@ -16,6 +16,7 @@ struct ApiError : std::runtime_error {
   std::string param;      // the request field at fault, "" for none (written as null)
   std::string code;       // a machine-readable code, "" for none (written as null)
   int retry_after_s = 0;  // > 0: sent as Retry-After (429 and 503)
+  std::string allow;      // 405: the methods the path accepts, sent as Allow
 };
 
 // The JSON body of an error response.

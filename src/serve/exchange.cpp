@@ -10,6 +10,7 @@ HttpResponse error_response(const ApiError& error, unsigned version) {
   res.set(http::field::content_type, "application/json");
   if (error.retry_after_s > 0) res.set(http::field::retry_after, std::to_string(error.retry_after_s));
   if (error.status == 401) res.set(http::field::www_authenticate, "Bearer");
+  if (!error.allow.empty()) res.set(http::field::allow, error.allow);
   res.body() = error_body(error);
   return res;
 }

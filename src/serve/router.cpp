@@ -56,6 +56,7 @@ void Router::handle(HttpRequest&& req, Respond respond) {
     if (allow.empty()) return ex->fail(ApiError(404, "no route for " + std::string(path), "not_found_error"));
     ApiError e(405, std::string(req.method_string()) + " is not allowed on " + std::string(path) + "; use " + allow,
                "invalid_request_error", "", "method_not_allowed");
+    e.allow = allow;
     return ex->fail(e);
   }
   if (!match->open && !ctx_.options.api_key.empty() && !authorized(req, ctx_.options.api_key)) {
