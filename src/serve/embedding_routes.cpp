@@ -36,15 +36,16 @@ int64_t max_input_tokens(const RouteContext& ctx, const Engine& engine) {
   return limit > 0 && limit < model_max ? limit : model_max;
 }
 
-std::string too_long(size_t index, size_t tokens, int64_t limit) {
-  return "input[" + std::to_string(index) + "] has " + std::to_string(tokens) + " tokens, more than the maximum of " +
-         std::to_string(limit) +
+std::string too_long(const char* field, size_t index, size_t tokens, int64_t limit) {
+  return std::string(field) + "[" + std::to_string(index) + "] has " + std::to_string(tokens) +
+         " tokens, more than the maximum of " + std::to_string(limit) +
          "; shorten it, or ask for truncation (TEI: \"truncate\": true; server: --auto-truncate)";
 }
 
-// The model-input ids of every input, checked against the vocabulary and the length limit.
+// The model-input ids of every input, checked against the vocabulary and the length limit. `field`
+// names the inputs in errors: "input" (OpenAI) or "inputs" (TEI).
 std::vector<std::vector<int32_t>> sequences_of(const RouteContext& ctx, const Engine& engine,
-                                               const EmbeddingInputs& inputs, bool truncate) {
+                                               const EmbeddingInputs& inputs, bool truncate, const char* field) {
   const int64_t limit = max_input_tokens(ctx, engine);
   const int64_t vocab = engine.config().vocab_size;
   std::vector<std::vector<int32_t>> out(inputs.size());
@@ -54,20 +55,20 @@ std::vector<std::vector<int32_t>> sequences_of(const RouteContext& ctx, const En
       ids = inputs.token_ids[i];
       for (int32_t id : ids) {
         if (id < 0 || id >= vocab) {
-          throw bad_request("input[" + std::to_string(i) + "] holds token id " + std::to_string(id) +
+          throw bad_request(std::string(field) + "[" + std::to_string(i) + "] holds token id " + std::to_string(id) +
                                 ", outside the model's vocabulary of " + std::to_string(vocab),
-                            "input");
+                            field);
         }
       }
     } else {
       try {
         ids = engine.tokenizer().encode_for_model(inputs.texts[i]);
       } catch (const Error& e) {
-        throw bad_request("input[" + std::to_string(i) + "]: " + e.what(), "input");
+        throw bad_request(std::string(field) + "[" + std::to_string(i) + "]: " + e.what(), field);
       }
     }
     if (static_cast<int64_t>(ids.size()) > limit) {
-      if (!truncate) throw bad_request(too_long(i, ids.size(), limit), "input", "context_length_exceeded");
+      if (!truncate) throw bad_request(too_long(field, i, ids.size(), limit), field, "context_length_exceeded");
       // A text keeps its closing <|endoftext|>: the model pools the last token.
       const int32_t last = ids.back();
       ids.resize(static_cast<size_t>(limit));
@@ -97,7 +98,8 @@ void embed(const RouteContext& ctx, const ExchangePtr& ex, const EmbeddingInputs
   const auto engine = ready_engine(ctx);
   check_dimensions(*engine, answer.dimensions);
   EmbeddingJob job;
-  job.sequences = sequences_of(ctx, *engine, inputs, truncate);
+  job.sequences =
+      sequences_of(ctx, *engine, inputs, truncate, answer.format == EmbeddingAnswer::Format::Tei ? "inputs" : "input");
   int64_t tokens = 0;
   for (const auto& s : job.sequences) tokens += static_cast<int64_t>(s.size());
   ex->set_work(static_cast<int64_t>(job.sequences.size()), tokens);
