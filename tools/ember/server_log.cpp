@@ -74,7 +74,9 @@ void ServerLogWriter::request(const serve::RequestRecord& r) {
   std::string line = fmt::format("{} {:<7} {} {} {} {:.2f}ms", timestamp(), r.status >= 500 ? "error" : "info",
                                  r.method, r.target, r.status, ms);
   if (r.inputs > 0) line += fmt::format(" inputs={} tokens={}", r.inputs, r.tokens);
-  if (!r.error.empty()) line += " error=\"" + r.error + "\"";
+  // Quoted and escaped as a JSON string: the message may echo request text, newlines included,
+  // which must not start a line of its own.
+  if (!r.error.empty()) line += " error=" + dump(r.error);
   write(line);
 }
 
