@@ -207,6 +207,9 @@ void HttpServer::track(const std::shared_ptr<Session>& session) {
   std::lock_guard lock(sessions_mutex_);
   std::erase_if(sessions_, [](const std::weak_ptr<Session>& s) { return s.expired(); });
   sessions_.push_back(session);
+  // Accepted while stop() ran, after it collected the sessions: without this, such a connection
+  // stayed open (keep-alive) until the shutdown gave up waiting for connections to close.
+  if (stopped_) session->stop();
 }
 
 void HttpServer::stop() {
