@@ -441,6 +441,19 @@ void ServeErrorsTest::expect_continue(ServerProcess& s) {
 
 TEST_F(ServeErrorsTest, ExpectContinueGetsA100ThenTheAnswer) { expect_continue(server()); }
 
+// Request text echoed in an error message stays on its access-log line: a client cannot forge entries.
+TEST_F(ServeErrorsTest, EchoedRequestTextCannotForgeLogLines) {
+  ServerProcess& s = server();
+  HttpClient c = s.client();
+  const std::string forged = "2000-01-01T00:00:00.000Z info    GET /forged 200";
+  expect_api_error(c.post("/v1/embeddings", json{{"input", "x"}, {"encoding_format", "x\n" + forged}}), 400,
+                   "invalid_request_error", "encoding_format");
+  ASSERT_TRUE(s.wait_for_log("POST /v1/embeddings 400")) << s.log();
+  std::istringstream lines(s.log());
+  for (std::string line; std::getline(lines, line);) EXPECT_FALSE(line.starts_with("2000-01-01")) << s.log();
+  expect_alive(s);
+}
+
 // The whole table at once against one server, from several threads, beside a client with valid
 // requests: that client always gets the right vectors, a client that leaves with its request queued
 // costs nothing, and afterwards the server answers /health and has answered nothing with a 5xx.
