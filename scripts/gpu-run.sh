@@ -3,7 +3,8 @@
 # machine that lacks the Debian libraries: build here, then copy ember and the cuda_*_test binaries
 # into $EMBER_BIN_DIR (default .dev/gpu) and pack the shared libraries with
 #   scripts/bundle-runtime-libs.sh build/ember .dev/runtime-libs.tar.xz
-# usage there: bash scripts/gpu-run.sh [parts...]   parts: tests sanitize model bench hf compare
+# usage there: bash scripts/gpu-run.sh [parts...]
+#   parts: tests sanitize model bench bench16 hf compare serve (serve: bench/serve_load, 4B, cuda)
 # The test binaries carry this checkout's absolute paths (tests/data, the npm tokenizer): link them.
 mkdir -p /work /opt/ember-libs && ln -sfn "$PWD" /work/main
 tar -xJf .dev/runtime-libs.tar.xz -C /opt/ember-libs
@@ -23,6 +24,12 @@ for p in $parts; do
       timeout 150 $S --tool memcheck --error-exitcode 9 $B/cuda_attention_test --gtest_brief=1 --gtest_filter=-*32768*:*4096*:*Long* 2>&1 | tail -6; echo "sanitizer attention rc ${PIPESTATUS[0]}" ;;
     model) [ -d $M ] || /usr/bin/time -f "make-model %e s" $B/ember make-model --preset qwen3-embedding-4b --out $M 2>&1 | tail -2; sync ;;
     bench) timeout 240 $B/ember bench --device cuda --model $M --json $O/ember_bench.json 2>&1 | tee $O/ember_bench.txt ;;
+    bench16) timeout 240 $B/ember bench --device cuda --dtype float16 --model $M --json $O/ember_bench_f16.json 2>&1 | tee $O/ember_bench_f16.txt ;;
+    serve)
+      for w in docs mixed query; do
+        timeout 200 $B/serve_load --ember $B/ember --model $M --device cuda --workload $w --concurrency 1,4,16,64,256 \
+          --seconds 8 --json $O/serve_load_$w.json 2>&1 | tee $O/serve_load_$w.txt
+      done ;;
     hf) timeout 240 python3 bench/hf_baseline.py --model $M --out $O/hf_bench.json 2>&1 | grep -v Warning | tee $O/hf_bench.txt ;;
     compare)
       python3 bench/compare.py $O/ember_bench.json $O/hf_bench.json | tee $O/ratios.txt
