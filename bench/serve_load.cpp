@@ -4,6 +4,7 @@
 // requests/s, tokens/s, p50/p99/p99.9 latency, errors, and the server's tokens/s as a fraction of
 // in-process. Before the load, sample responses are checked against the in-process embeddings.
 #include <fmt/format.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -90,6 +91,7 @@ std::string default_ember() {
 
 struct Baseline {
   double tokens_per_s = 0, seconds = 0, load_s = 0;
+  double other_cpu = 0;  // cores used by other processes meanwhile
   int64_t tokens = 0, batches = 0;
   std::vector<std::vector<std::vector<float>>> references;  // embeddings of the checked requests
 };
@@ -138,6 +140,7 @@ Baseline run_baseline(Engine& engine, const Workload& w, const EngineOptions& op
   BatchStream stream(w, options.max_batch_tokens);
   int64_t tokens = 0;
   engine.pooled_states(stream.next(tokens));  // warm: first-use setup stays out of the timing
+  const double own0 = own_cpu_seconds(), machine0 = machine_cpu_seconds();
   const auto start = Clock::now();
   while (b.batches < 3 || since(start) < seconds) {
     auto batch = stream.next(tokens);
@@ -147,6 +150,7 @@ Baseline run_baseline(Engine& engine, const Workload& w, const EngineOptions& op
   }
   b.seconds = since(start);
   b.tokens_per_s = static_cast<double>(b.tokens) / b.seconds;
+  b.other_cpu = (machine_cpu_seconds() - machine0 - (own_cpu_seconds() - own0)) / b.seconds;
   return b;
 }
 
@@ -226,6 +230,28 @@ EngineCounters scrape(uint16_t port) {
   return c;
 }
 
+// Counters read at the start and the end of a measured window.
+struct Sample {
+  EngineCounters engine;
+  double server = 0, own = 0, machine = 0;  // CPU seconds so far
+};
+
+Sample sample(uint16_t port, const ServerProcess& server) {
+  return {scrape(port), server.cpu_seconds(), own_cpu_seconds(), machine_cpu_seconds()};
+}
+
+// Every client holds a connection, and so does the server for each: lift the soft descriptor limit
+// (1024 on many systems) to the hard one; the server inherits it.
+void raise_file_limit(int concurrency) {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+  limit.rlim_cur = limit.rlim_max;
+  ::setrlimit(RLIMIT_NOFILE, &limit);
+  if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < static_cast<rlim_t>(concurrency) + 256) {
+    fmt::print("warning: the open-file limit {} is too low for {} clients (ulimit -n)\n", limit.rlim_cur, concurrency);
+  }
+}
+
 // ---- the run ----
 
 int run(const Flags& f) {
@@ -250,10 +276,13 @@ int run(const Flags& f) {
   const Baseline base =
       run_baseline(*engine, w, options, f.baseline_seconds > 0 ? f.baseline_seconds : f.seconds, checked);
   engine.reset();  // the server needs the memory (a GPU's above all)
-  fmt::print("in-process: {:.0f} tokens/s ({} batches, {} tokens in {:.2f} s; load {:.2f} s)\n", base.tokens_per_s,
-             base.batches, base.tokens, base.seconds, load_s);
+  fmt::print(
+      "in-process: {:.0f} tokens/s ({} batches, {} tokens in {:.2f} s; load {:.2f} s; other processes used "
+      "{:.2f} cores meanwhile)\n",
+      base.tokens_per_s, base.batches, base.tokens, base.seconds, load_s, base.other_cpu);
 
   const int max_c = *std::max_element(f.concurrency.begin(), f.concurrency.end());
+  raise_file_limit(max_c);
   // Queue limits that admit every client's request, so the levels measure throughput, not 429s.
   const int64_t queued_tokens = std::max<int64_t>(64 * options.max_batch_tokens, int64_t{max_c} * w.max_tokens);
   const uint16_t port = free_port();
@@ -305,36 +334,33 @@ int run(const Flags& f) {
 
   std::vector<std::string> raw;
   for (const auto& r : w.requests) raw.push_back(raw_embedding_request(r));
-  fmt::print("\n{:>5} {:>9} {:>10} {:>9} {:>9} {:>9} {:>6} {:>7} {:>8} {:>6} {:>7} {:>7}\n", "conc", "req/s",
-             "tokens/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "vs in", "tok/batch", "busy", "srv cpu", "cli cpu");
+  fmt::print("\n{:>5} {:>9} {:>10} {:>9} {:>9} {:>9} {:>6} {:>7} {:>9} {:>5} {:>5} {:>5} {:>5}\n", "conc", "req/s",
+             "tokens/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "vs in", "tok/batch", "busy", "srv", "cli", "other");
   double best = 0;
   for (int c : f.concurrency) {
-    EngineCounters m0, m1;
-    double s0 = 0, s1 = 0, c0 = 0, c1 = 0;
+    Sample at[2];
     LevelOptions lo;
     lo.port = port;
     lo.concurrency = c;
     lo.warmup_s = f.warmup;
     lo.seconds = f.seconds;
     lo.threads = client_threads;
-    lo.mark = [&](int phase) {
-      (phase == 0 ? m0 : m1) = scrape(port);
-      (phase == 0 ? s0 : s1) = server.cpu_seconds();
-      (phase == 0 ? c0 : c1) = own_cpu_seconds();
-    };
+    lo.mark = [&](int phase) { at[phase] = sample(port, server); };
     const LevelResult r = run_level(w, raw, lo);
     const double tps = static_cast<double>(r.tokens) / r.window_s;
-    const double batches = m1.batches - m0.batches;
-    const double per_batch = batches > 0 ? (m1.batch_tokens - m0.batch_tokens) / batches : 0;
-    const double busy = (m1.batch_seconds - m0.batch_seconds) / r.window_s;
-    const double srv_cpu = (s1 - s0) / r.window_s, cli_cpu = (c1 - c0) / r.window_s;
+    const double batches = at[1].engine.batches - at[0].engine.batches;
+    const double per_batch = batches > 0 ? (at[1].engine.batch_tokens - at[0].engine.batch_tokens) / batches : 0;
+    const double busy = (at[1].engine.batch_seconds - at[0].engine.batch_seconds) / r.window_s;
+    const double srv = (at[1].server - at[0].server) / r.window_s, cli = (at[1].own - at[0].own) / r.window_s;
+    const double other = (at[1].machine - at[0].machine) / r.window_s - srv - cli;
     best = std::max(best, tps);
     const double p50 = percentile(r.latencies_ms, 0.5), p99 = percentile(r.latencies_ms, 0.99),
                  p999 = percentile(r.latencies_ms, 0.999);
     fmt::print(
-        "{:>5} {:>9.1f} {:>10.0f} {:>9.2f} {:>9.2f} {:>9.2f} {:>6} {:>6.1f}% {:>9.0f} {:>5.0f}% {:>7.2f} {:>7.2f}\n", c,
-        static_cast<double>(r.requests) / r.window_s, tps, p50, p99, p999, r.errors, 100 * tps / base.tokens_per_s,
-        per_batch, 100 * busy, srv_cpu, cli_cpu);
+        "{:>5} {:>9.1f} {:>10.0f} {:>9.2f} {:>9.2f} {:>9.2f} {:>6} {:>6.1f}% {:>9.0f} {:>4.0f}% {:>5.2f} {:>5.2f} "
+        "{:>5.2f}\n",
+        c, static_cast<double>(r.requests) / r.window_s, tps, p50, p99, p999, r.errors, 100 * tps / base.tokens_per_s,
+        per_batch, 100 * busy, srv, cli, other);
     if (!r.first_error.empty()) fmt::print("      first error: {}\n", r.first_error);
     std::fflush(stdout);
     out["levels"].push_back({{"concurrency", c},
@@ -349,15 +375,17 @@ int run(const Flags& f) {
                              {"ratio_to_in_process", tps / base.tokens_per_s},
                              {"tokens_per_batch", per_batch},
                              {"engine_busy", busy},
-                             {"server_cpu_cores", srv_cpu},
-                             {"client_cpu_cores", cli_cpu}});
+                             {"server_cpu_cores", srv},
+                             {"client_cpu_cores", cli},
+                             {"other_cpu_cores", other}});
   }
   const double ratio = best / base.tokens_per_s;
   fmt::print("\nsaturated: {:.0f} tokens/s = {:.1f}% of in-process {:.0f} tokens/s (target >= 95%: {})\n", best,
              100 * ratio, base.tokens_per_s, ratio >= 0.95 ? "met" : "NOT met");
   fmt::print(
       "columns: vs in = tokens/s over in-process; tok/batch = mean tokens per forward pass; busy = share of "
-      "the window the server spent in forward passes; srv/cli cpu = cores used by server and load generator\n");
+      "the window the server spent in forward passes; srv, cli, other = CPU cores used by the server, the load "
+      "generator and everything else on the machine\n");
 
   const int exit_status = server.terminate(std::chrono::seconds(120));
   fmt::print("server exit status after SIGTERM: {}{}\n", exit_status, exit_status == 0 ? " (ok)" : " (FAILED)");
@@ -409,6 +437,7 @@ int main(int argc, char** argv) {
   app.add_option("--pool", f.pool, "Distinct requests the clients cycle through")->capture_default_str();
   app.add_option("--concurrency", f.concurrency, "Concurrent clients per level, comma-separated")
       ->delimiter(',')
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--seconds", f.seconds, "Measured seconds per level")->capture_default_str();
   app.add_option("--warmup", f.warmup, "Unmeasured seconds at the start of each level")->capture_default_str();

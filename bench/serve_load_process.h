@@ -45,4 +45,8 @@ uint16_t free_port();
 // CPU seconds (user + system) this process has used so far.
 double own_cpu_seconds();
 
+// CPU seconds all processes of the machine have used so far (/proc/stat), to tell how much of a
+// measurement's CPU went to other work; -1 where unreadable.
+double machine_cpu_seconds();
+
 }  // namespace ember::bench
