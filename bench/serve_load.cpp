@@ -96,24 +96,32 @@ struct Baseline {
   std::vector<std::vector<std::vector<float>>> references;  // embeddings of the checked requests
 };
 
-std::vector<size_t> checked_requests(const Workload& w, int count) {
+// Requests spread over the workload that fit one forward pass: the server then runs each as one
+// batch of exactly its sequences, as the in-process reference does, so the results can be equal.
+std::vector<size_t> checked_requests(const Workload& w, int count, int64_t max_batch_tokens) {
+  std::vector<size_t> fitting;
+  for (size_t i = 0; i < w.requests.size(); ++i) {
+    if (w.requests[i].tokens <= max_batch_tokens) fitting.push_back(i);
+  }
   std::vector<size_t> out;
-  const size_t n = std::min(w.requests.size(), static_cast<size_t>(std::max(0, count)));
-  for (size_t i = 0; i < n; ++i) out.push_back(i * w.requests.size() / n);
+  const size_t n = std::min(fitting.size(), static_cast<size_t>(std::max(0, count)));
+  for (size_t i = 0; i < n; ++i) out.push_back(fitting[i * fitting.size() / n]);
   return out;
 }
 
-// Batches of at most max_batch_tokens taken from the workload's sequences in order, cycling.
+// Batches of at most max_batch_tokens taken from the workload's sequences in order, cycling, with
+// at most as many sequences as the server puts in one (its --max-batch-sequences default).
 class BatchStream {
  public:
   BatchStream(const Workload& w, int64_t max_batch_tokens) : w_(w), budget_(max_batch_tokens) {}
+  static constexpr size_t kMaxSequences = static_cast<size_t>(serve::BatchLimits{}.max_batch_sequences);
   std::vector<std::vector<int32_t>> next(int64_t& tokens) {
     std::vector<std::vector<int32_t>> batch;
     tokens = 0;
     for (;;) {
       const auto& seq = w_.requests[request_].sequences[sequence_];
       const auto n = static_cast<int64_t>(seq.size());
-      if (!batch.empty() && tokens + n > budget_) return batch;
+      if (!batch.empty() && (tokens + n > budget_ || batch.size() == kMaxSequences)) return batch;
       batch.push_back(seq);
       tokens += n;
       if (++sequence_ == w_.requests[request_].sequences.size()) {
@@ -272,7 +280,7 @@ int run(const Flags& f) {
   const Workload w = make_workload(f.workload, f.pool, engine->tokenizer(), served, base64);
   fmt::print("workload {}: {} distinct requests, {:.1f} tokens per request on average, largest {}\n", w.name,
              w.requests.size(), static_cast<double>(w.tokens) / static_cast<double>(w.requests.size()), w.max_tokens);
-  const std::vector<size_t> checked = checked_requests(w, f.check);
+  const std::vector<size_t> checked = checked_requests(w, f.check, options.max_batch_tokens);
   const Baseline base =
       run_baseline(*engine, w, options, f.baseline_seconds > 0 ? f.baseline_seconds : f.seconds, checked);
   engine.reset();  // the server needs the memory (a GPU's above all)
