@@ -2,6 +2,7 @@
 
 #include <sys/socket.h>
 
+#include <array>
 #include <atomic>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
@@ -91,6 +92,7 @@ class HttpServer::Session : public std::enable_shared_from_this<HttpServer::Sess
   void reject(int status, const std::string& message) {
     busy_ = true;
     keep_alive_ = false;
+    unread_request_ = true;
     write(context_->on_error(status, message));
   }
 
@@ -121,8 +123,26 @@ class HttpServer::Session : public std::enable_shared_from_this<HttpServer::Sess
       self->busy_ = false;
       const bool again = !ec && self->response_->keep_alive();
       self->response_.reset();
-      if (!again) return self->close();
+      if (!again) return self->unread_request_ ? self->linger() : self->close();
       self->read_header();
+    });
+  }
+
+  // After answering a request whose body was not read (413, say): closing at once would make the
+  // kernel reset the connection, and a client still uploading would see the reset, not the answer.
+  // So stop sending, read and drop what the client still sends for a short while, then close.
+  void linger() {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.expires_after(std::chrono::seconds(2));
+    discard();
+  }
+
+  void discard() {
+    stream_.async_read_some(asio::buffer(discard_), [self = shared_from_this()](beast::error_code ec, size_t n) {
+      self->discarded_ += n;
+      if (ec || self->discarded_ > kMaxDiscardBytes) return self->close();
+      self->discard();
     });
   }
 
@@ -137,6 +157,10 @@ class HttpServer::Session : public std::enable_shared_from_this<HttpServer::Sess
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::shared_ptr<HttpResponse> response_;
+  static constexpr size_t kMaxDiscardBytes = size_t{256} << 20;
+  std::array<char, 16384> discard_;
+  size_t discarded_ = 0;
+  bool unread_request_ = false;  // the last request was answered before it was read in full
   bool keep_alive_ = true;
   bool busy_ = false;  // a request is being read, handled or answered
   bool stopping_ = false;
