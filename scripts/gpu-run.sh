@@ -26,9 +26,11 @@ for p in $parts; do
     bench) timeout 240 $B/ember bench --device cuda --model $M --json $O/ember_bench.json 2>&1 | tee $O/ember_bench.txt ;;
     bench16) timeout 240 $B/ember bench --device cuda --dtype float16 --model $M --json $O/ember_bench_f16.json 2>&1 | tee $O/ember_bench_f16.txt ;;
     serve)
-      for w in docs mixed query; do
-        timeout 200 $B/serve_load --ember $B/ember --model $M --device cuda --workload $w --concurrency 1,4,16,64,256 \
-          --seconds 8 --json $O/serve_load_$w.json 2>&1 | tee $O/serve_load_$w.txt
+      # A full 16,384-token batch holds 1,024 queries: the query workload saturates from about 2,048 clients.
+      for w in "docs 1,4,16,64,256" "mixed 1,4,16,64,256" "query 1,16,256,1024,2048"; do
+        set -- $w
+        timeout 200 $B/serve_load --ember $B/ember --model $M --device cuda --workload $1 --concurrency $2 \
+          --seconds 6 --json $O/serve_load_$1.json 2>&1 | tee $O/serve_load_$1.txt
       done ;;
     hf) timeout 240 python3 bench/hf_baseline.py --model $M --out $O/hf_bench.json 2>&1 | grep -v Warning | tee $O/hf_bench.txt ;;
     compare)
