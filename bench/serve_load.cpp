@@ -192,15 +192,24 @@ std::vector<float> decode_base64_floats(const std::string& text) {
   return out;
 }
 
-// The largest |server - in-process| over the embeddings of one response; throws on a malformed one.
-double response_difference(const std::string& body, const std::vector<std::vector<float>>& expected) {
+struct Difference {
+  double max_abs = 0;     // largest |server - in-process| over all values
+  double min_cosine = 1;  // smallest cosine between a server and an in-process embedding
+  void add(const Difference& d) {
+    max_abs = std::max(max_abs, d.max_abs);
+    min_cosine = std::min(min_cosine, d.min_cosine);
+  }
+};
+
+// How far the embeddings of one response are from the in-process ones; throws on a malformed response.
+Difference response_difference(const std::string& body, const std::vector<std::vector<float>>& expected) {
   const auto json = nlohmann::json::parse(body);
   const auto& data = json.at("data");
   if (data.size() != expected.size()) {
     throw Error("a response holds " + std::to_string(data.size()) + " embeddings for " +
                 std::to_string(expected.size()) + " inputs");
   }
-  double worst = 0;
+  Difference worst;
   for (const auto& item : data) {
     const size_t index = item.at("index").get<size_t>();
     const auto& e = item.at("embedding");
@@ -209,7 +218,14 @@ double response_difference(const std::string& body, const std::vector<std::vecto
     const auto& want = expected.at(index);
     if (got.size() != want.size())
       throw Error("an embedding has " + std::to_string(got.size()) + " values, not " + std::to_string(want.size()));
-    for (size_t k = 0; k < got.size(); ++k) worst = std::max(worst, std::abs(static_cast<double>(got[k]) - want[k]));
+    double dot = 0, got_norm = 0, want_norm = 0;
+    for (size_t k = 0; k < got.size(); ++k) {
+      worst.max_abs = std::max(worst.max_abs, std::abs(static_cast<double>(got[k]) - want[k]));
+      dot += static_cast<double>(got[k]) * want[k];
+      got_norm += static_cast<double>(got[k]) * got[k];
+      want_norm += static_cast<double>(want[k]) * want[k];
+    }
+    worst.min_cosine = std::min(worst.min_cosine, dot / std::sqrt(std::max(got_norm * want_norm, 1e-30)));
   }
   return worst;
 }
@@ -327,18 +343,24 @@ int run(const Flags& f) {
   fmt::print("server healthy after {:.2f} s (log: {})\n", since(start), log_path);
 
   // Each checked request alone, so the server batches it as the in-process run did.
-  double worst = 0;
+  Difference worst;
   {
     BlockingClient client(port);
     for (size_t k = 0; k < checked.size(); ++k) {
       const HttpResult r = client.request("POST", "/v1/embeddings", w.requests[checked[k]].body);
       if (r.status != 200) throw Error("a check request got HTTP " + std::to_string(r.status) + ": " + r.body);
-      worst = std::max(worst, response_difference(r.body, base.references[k]));
+      worst.add(response_difference(r.body, base.references[k]));
     }
   }
-  const bool check_ok = worst <= 1e-5;
-  fmt::print("check: {} requests, largest |server - in-process| = {:.3g} ({})\n", checked.size(), worst,
-             check_ok ? "ok, <= 1e-5" : "FAILED, > 1e-5");
+  // On the CPU the server must match in-process exactly. On CUDA each process times cuBLASLt's
+  // candidate algorithms and may keep a different one for a shape (another summation order), so
+  // two processes agree to bf16 rounding, not bit for bit: there the bar is the HF-parity cosine.
+  const bool exact_expected = options.device == Device::Cpu;
+  const bool check_ok = exact_expected ? worst.max_abs <= 1e-5 : worst.min_cosine >= 0.999;
+  fmt::print("check: {} requests, largest |server - in-process| = {:.3g}, smallest cosine {:.6f} ({})\n",
+             checked.size(), worst.max_abs, worst.min_cosine,
+             check_ok ? (exact_expected ? "ok, <= 1e-5" : "ok, cosine >= 0.999")
+                      : (exact_expected ? "FAILED, > 1e-5" : "FAILED, cosine < 0.999"));
 
   std::vector<std::string> raw;
   for (const auto& r : w.requests) raw.push_back(raw_embedding_request(r));
@@ -416,7 +438,10 @@ int run(const Flags& f) {
                          {"batches", base.batches},
                          {"seconds", base.seconds},
                          {"load_s", load_s}};
-    out["check"] = {{"requests", checked.size()}, {"max_abs_difference", worst}, {"ok", check_ok}};
+    out["check"] = {{"requests", checked.size()},
+                    {"max_abs_difference", worst.max_abs},
+                    {"min_cosine", worst.min_cosine},
+                    {"ok", check_ok}};
     out["saturated_tokens_per_s"] = best;
     out["saturated_ratio"] = ratio;
     out["server_exit_status"] = exit_status;
