@@ -132,6 +132,38 @@ TEST(CudaModel, Float16NamesTheWeightItCannotHold) {
   EXPECT_NO_THROW(open_engine(dir, Device::Cuda, 512, Precision::Fast, HalfType::BFloat16));
 }
 
+// With deterministic set, GEMM algorithms come from cuBLASLt's heuristic, not from timing, so two
+// engines (as two server replicas would) compute the same bits for the same texts.
+TEST(CudaModel, DeterministicEnginesGiveTheSameBits) {
+  REQUIRE_CUDA();
+  TempDir tmp;
+  MakeModelOptions o;
+  o.tokenizer_dir = EMBER_TOKENIZER_DIR;
+  const fs::path dir = tmp.path / "m";
+  make_model(preset_config("tiny"), o, dir);
+  std::vector<std::string> texts = {"a", "What is the capital of China?"};
+  for (int n : {37, 300, 700}) {
+    std::string t;
+    for (int i = 0; i < n; ++i) t += "word" + std::to_string(i % 17) + " ";
+    texts.push_back(t);
+  }
+  std::vector<std::vector<float>> first;
+  for (int replica = 0; replica < 2; ++replica) {
+    EngineOptions eo;
+    eo.model = dir.string();
+    eo.device = Device::Cuda;
+    eo.precision = Precision::Fast;
+    eo.deterministic = true;
+    eo.max_batch_tokens = 1024;
+    const auto out = Engine::open(eo)->embed_texts(texts, {});
+    if (replica == 0) {
+      first = out;
+    } else {
+      EXPECT_EQ(out, first) << "two deterministic engines disagree";
+    }
+  }
+}
+
 // A model with head_dim 128 and GQA ratio 4, driven through Qwen3Model directly so the same
 // batches can run on a graph-recording and an eager backend.
 class CudaGraphs : public ::testing::Test {

@@ -30,6 +30,10 @@ struct EngineOptions {
   HalfType half_type = HalfType::BFloat16;  // used when precision is Fast
   int threads = 0;                 // 0: all cores
   int64_t max_batch_tokens = 8192;  // tokens packed into one forward pass
+  // CUDA: take cuBLASLt's heuristic choice of GEMM algorithm instead of timing its candidates.
+  // Timing may keep a different algorithm in each process (another summation order), so replicas
+  // would agree only to bf16 rounding; deterministic ones give the same bits everywhere.
+  bool deterministic = false;
 };
 
 // Sets precision and half_type from a dtype name, as servers spell it: "float32" (exact),

@@ -55,7 +55,11 @@ std::unique_ptr<Backend> make_backend(const EngineOptions& options) {
       return make_cpu_backend(options.precision, options.threads);
     case Device::Cuda:
 #ifdef EMBER_HAVE_CUDA
-      return make_cuda_backend(options.precision, options.half_type, 0);
+    {
+      CudaBackendOptions cuda_options;
+      cuda_options.tune_gemms = !options.deterministic;
+      return make_cuda_backend(options.precision, options.half_type, 0, cuda_options);
+    }
 #else
       throw Error("this ember was built without CUDA");
 #endif

@@ -15,6 +15,7 @@ struct EngineFlags {
   std::string dtype;      // bfloat16 | float16 | float32 (apply_dtype); empty: --precision decides
   int threads = 0;
   int64_t max_batch_tokens = 0;  // 0: the device's default (8192 on the CPU, 16384 on CUDA)
+  bool deterministic = false;
 
   void add_to(CLI::App& app, bool model_required = true);
   EngineOptions options() const;

@@ -15,6 +15,8 @@ void EngineFlags::add_to(CLI::App& app, bool model_required) {
   app.add_option("--dtype", dtype,
                  "bfloat16, float16 (CUDA only) or float32: the activation and weight type (instead of --precision)");
   app.add_option("--threads", threads, "CPU threads (0: all cores)")->capture_default_str();
+  app.add_flag("--deterministic", deterministic,
+               "CUDA: the same bits in every process (cuBLASLt's heuristic GEMM choice, not the fastest timed)");
   app.add_option("--max-batch-tokens", max_batch_tokens,
                  "Tokens packed into one forward pass (default 8192 on the CPU, 16384 on CUDA)");
 }
@@ -31,6 +33,7 @@ EngineOptions EngineFlags::options() const {
                                     : parse_precision(precision);
   }
   o.threads = threads;
+  o.deterministic = deterministic;
   o.max_batch_tokens = max_batch_tokens > 0 ? max_batch_tokens : (o.device == Device::Cpu ? 8192 : 16384);
   return o;
 }
