@@ -174,6 +174,77 @@ FUZZ_RANGES = [
     (0x10FFF0, 0x10FFFF),
 ]
 
+# Letters, digits and marks that Unicode 15.0, 15.1 and 16.0 added, by block: first, middle and last of
+# what each version added to the block (from the @unicode/unicode-* tables). Python's unicodedata and
+# Debian 12's PCRE2 predate them, so ember classifies them from its own tables (src/tokenizer/unicode_*).
+NEW_UNICODE = [
+    ("15.0", "L", "Khojki", [0x1123F, 0x11240]),
+    ("15.0", "L", "Kawi", [0x11F02, 0x11F1C, 0x11F33]),
+    ("15.0", "L", "Egyptian_Hieroglyphs", [0x1342F]),
+    ("15.0", "L", "Egyptian_Hieroglyph_Format_Controls", [0x13441, 0x13444, 0x13446]),
+    ("15.0", "L", "Small_Kana_Extension", [0x1B132, 0x1B155]),
+    ("15.0", "L", "Latin_Extended_G", [0x1DF25, 0x1DF28, 0x1DF2A]),
+    ("15.0", "L", "Cyrillic_Extended_D", [0x1E030, 0x1E04F, 0x1E06D]),
+    ("15.0", "L", "Nag_Mundari", [0x1E4D0, 0x1E4DE, 0x1E4EB]),
+    ("15.0", "L", "CJK_Unified_Ideographs_Extension_C", [0x2B739]),
+    ("15.0", "L", "CJK_Unified_Ideographs_Extension_H", [0x31350, 0x31B80, 0x323AF]),
+    ("15.0", "N", "Kawi", [0x11F50, 0x11F55, 0x11F59]),
+    ("15.0", "N", "Kaktovik_Numerals", [0x1D2C0, 0x1D2CA, 0x1D2D3]),
+    ("15.0", "N", "Nag_Mundari", [0x1E4F0, 0x1E4F5, 0x1E4F9]),
+    ("15.0", "M", "Kannada", [0xCF3]),
+    ("15.0", "M", "Lao", [0xECE]),
+    ("15.0", "M", "Arabic_Extended_C", [0x10EFD, 0x10EFE, 0x10EFF]),
+    ("15.0", "M", "Khojki", [0x11241]),
+    ("15.0", "M", "Kawi", [0x11F00, 0x11F38, 0x11F42]),
+    ("15.0", "M", "Egyptian_Hieroglyph_Format_Controls", [0x13440, 0x1344E, 0x13455]),
+    ("15.0", "M", "Cyrillic_Extended_D", [0x1E08F]),
+    ("15.0", "M", "Nag_Mundari", [0x1E4EC, 0x1E4EE, 0x1E4EF]),
+    ("15.1", "L", "CJK_Unified_Ideographs_Extension_I", [0x2EBF0, 0x2ED27, 0x2EE5D]),
+    ("16.0", "L", "Cyrillic_Extended_C", [0x1C89, 0x1C8A]),
+    ("16.0", "L", "Latin_Extended_D", [0xA7CB, 0xA7DA, 0xA7DC]),
+    ("16.0", "L", "Todhri", [0x105C0, 0x105DA, 0x105F3]),
+    ("16.0", "L", "Garay", [0x10D4A, 0x10D63, 0x10D85]),
+    ("16.0", "L", "Arabic_Extended_C", [0x10EC2, 0x10EC3, 0x10EC4]),
+    ("16.0", "L", "Tulu_Tigalari", [0x11380, 0x1139E, 0x113D3]),
+    ("16.0", "L", "Sunuwar", [0x11BC0, 0x11BD0, 0x11BE0]),
+    ("16.0", "L", "Egyptian_Hieroglyphs_Extended_A", [0x13460, 0x13C2D, 0x143FA]),
+    ("16.0", "L", "Gurung_Khema", [0x16100, 0x1610F, 0x1611D]),
+    ("16.0", "L", "Kirat_Rai", [0x16D40, 0x16D56, 0x16D6C]),
+    ("16.0", "L", "Khitan_Small_Script", [0x18CFF]),
+    ("16.0", "L", "Ol_Onal", [0x1E5D0, 0x1E5DF, 0x1E5F0]),
+    ("16.0", "N", "Garay", [0x10D40, 0x10D45, 0x10D49]),
+    ("16.0", "N", "Myanmar_Extended_C", [0x116D0, 0x116DA, 0x116E3]),
+    ("16.0", "N", "Sunuwar", [0x11BF0, 0x11BF5, 0x11BF9]),
+    ("16.0", "N", "Gurung_Khema", [0x16130, 0x16135, 0x16139]),
+    ("16.0", "N", "Kirat_Rai", [0x16D70, 0x16D75, 0x16D79]),
+    ("16.0", "N", "Symbols_For_Legacy_Computing_Supplement", [0x1CCF0, 0x1CCF5, 0x1CCF9]),
+    ("16.0", "N", "Ol_Onal", [0x1E5F1, 0x1E5F6, 0x1E5FA]),
+    ("16.0", "M", "Arabic_Extended_B", [0x897]),
+    ("16.0", "M", "Garay", [0x10D69, 0x10D6B, 0x10D6D]),
+    ("16.0", "M", "Arabic_Extended_C", [0x10EFC]),
+    ("16.0", "M", "Tulu_Tigalari", [0x113B8, 0x113C7, 0x113E2]),
+    ("16.0", "M", "Kawi", [0x11F5A]),
+    ("16.0", "M", "Gurung_Khema", [0x1611E, 0x16127, 0x1612F]),
+    ("16.0", "M", "Ol_Onal", [0x1E5EE, 0x1E5EF]),
+]
+
+
+def new_unicode_cases():
+    cases = []
+    for version, cat, block, cps in NEW_UNICODE:
+        chars = [chr(cp) for cp in cps]
+        x, y = chars[0], chars[-1]
+        run = "".join(chars)
+        if cat == "L":
+            cases += [run, x, f"abc{x}def", f" {x}{y}", f"'{x}{y}'s", f"{x}123", f"123{run}", f"hello {run}",
+                      f"{x} {y}", f"{run}'ll {block}", f"Ab{y}\u0301c"]
+        elif cat == "N":
+            cases += [run, f"hello {run}", f"a{run}", f"{x}1{y}2", f"'{x}'s", f" {run} ", f"x{x}y{y}",
+                      f"{run}{run}", f"1.{x}"]
+        else:
+            cases += [x, f"a{x}", f"a{x}\u0316", f"a\u0316{x}", f"e{run}\u0301", f" {x}", f"'{x}s", f"{x}1"]
+    return cases
+
 
 def rand_ws(rng):
     return rng.choice([" ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", " \n", "\n ", "\t\t", " \t ",
@@ -321,7 +392,7 @@ def generated_cases(rng):
     cases.append("x" + "\u0301" * 500)
     while len(cases) < 3400:
         cases.append(mixed_text(rng))
-    return cases
+    return cases + new_unicode_cases()
 
 
 def main():

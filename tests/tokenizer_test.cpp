@@ -20,6 +20,7 @@
 #include "tokenizer/byte_level.h"
 #include "tokenizer/normalizer.h"
 #include "tokenizer/regex_split.h"
+#include "tokenizer/unicode_tables.h"
 #include "tokenizer/utf8.h"
 #include "tokenizer/word_cache.h"
 
@@ -51,6 +52,12 @@ std::vector<std::string> read_corpus() {
     if (!line.empty()) texts.push_back(nlohmann::json::parse(line).at("text").get<std::string>());
   }
   return texts;
+}
+
+std::string pcre2_unicode_version() {
+  char buf[64] = {};
+  pcre2_config(PCRE2_CONFIG_UNICODE_VERSION, buf);
+  return buf;
 }
 
 std::string escaped(std::string_view s) {
@@ -249,10 +256,100 @@ TEST_F(TokenizerTest, SplitRegexHasOnigurumaWhitespace) {
 
 TEST_F(TokenizerTest, RegexTranslation) {
   EXPECT_EQ(tok::onig_to_pcre2(R"(\s+(?!\S))"), R"(\p{White_Space}+(?!\P{White_Space}))");
-  EXPECT_EQ(tok::onig_to_pcre2(R"([^\s\p{L}])"), R"([^\p{White_Space}\p{L}])");
+  // General_Category classes follow ember's Unicode 16.0 tables: PCRE2's class plus what was added
+  // since its Unicode version, or explicit ranges.
+  const std::string v = pcre2_unicode_version();
+  const uint32_t L = tok::category_mask("L"), N = tok::category_mask("N");
+  EXPECT_EQ(tok::onig_to_pcre2(R"([^\s\p{L}])"), "[^\\p{White_Space}" + tok::category_class(L, false, true, v) + "]");
+  EXPECT_EQ(tok::onig_to_pcre2(R"( ?\p{L}+)"), " ?" + tok::category_class(L, false, false, v) + "+");
+  const std::string letter = tok::category_class(L, false, false, v);
+  EXPECT_EQ(tok::onig_to_pcre2(R"(\pL\p{Letter}\p{ letter })"), letter + letter + letter);
+  EXPECT_EQ(tok::onig_to_pcre2(R"(\P{N})"), tok::category_class(N, true, false, v));
+  EXPECT_EQ(tok::onig_to_pcre2(R"(\p{^N})"), tok::category_class(N, true, false, v));
+  EXPECT_EQ(tok::onig_to_pcre2(R"([\P{N}x])"), "[" + tok::class_body(N, true) + "x]");
+  EXPECT_EQ(tok::onig_to_pcre2(R"(\p{Han}\p{White_Space})"), R"(\p{Han}\p{White_Space})");  // not a category
+  // Debian 12's PCRE2 (Unicode 14): its \p{L} plus Kawi, CJK Extensions H and I, Garay, ...
+  const std::string l14 = tok::category_class(L, false, true, "14.0.0");
+  EXPECT_EQ(l14.rfind("\\p{L}", 0), 0u) << l14.substr(0, 80);
+  EXPECT_NE(l14.find("\\x{2EBF0}-\\x{2EE5D}"), std::string::npos);
+  EXPECT_LT(l14.size(), 4000u);
+  EXPECT_EQ(tok::category_class(L, false, true, "16.0.0"), "\\p{L}");
+  EXPECT_EQ(tok::category_class(N, false, false, "16.0.0"), "[\\p{N}]");
+  EXPECT_EQ(tok::category_class(L, false, true, "13.0.0"), tok::class_body(L, false));  // unknown: explicit
+  // A class the library's version puts more code points in (U+1171E left Mn in 15.0) is explicit.
+  EXPECT_EQ(tok::category_class(tok::category_mask("Mn"), false, true, "14.0.0"),
+            tok::class_body(tok::category_mask("Mn"), false));
   EXPECT_EQ(tok::onig_to_pcre2(R"(\\s[]s])"), R"(\\s[]s])");  // escaped backslash; ']' first in class
   EXPECT_EQ(tok::onig_to_pcre2(R"((?m:.)\h)"), R"((?s:.)[0-9A-Fa-f])");
   EXPECT_THROW(tok::onig_to_pcre2("[a-z&&[^aeiou]]"), Error);
+}
+
+TEST_F(TokenizerTest, GeneralCategoriesAreUnicode16) {
+  using G = tok::GeneralCategory;
+  EXPECT_EQ(tok::kClassifierUnicodeVersion, std::string("16.0.0"));
+  EXPECT_EQ(tok::general_category('A'), G::Lu);
+  EXPECT_EQ(tok::general_category(0x661), G::Nd);      // Arabic-Indic digit one
+  EXPECT_EQ(tok::general_category(0x1D2C0), G::No);    // Kaktovik numeral zero (15.0)
+  EXPECT_EQ(tok::general_category(0x11F04), G::Lo);    // Kawi letter A (15.0)
+  EXPECT_EQ(tok::general_category(0x31350), G::Lo);    // CJK Extension H (15.0)
+  EXPECT_EQ(tok::general_category(0x2EBF0), G::Lo);    // CJK Extension I (15.1)
+  EXPECT_EQ(tok::general_category(0x2EE5E), G::Cn);    // just past Extension I
+  EXPECT_EQ(tok::general_category(0x10D40), G::Nd);    // Garay digit zero (16.0)
+  EXPECT_EQ(tok::general_category(0xD800), G::Cs);
+  EXPECT_EQ(tok::general_category(0x10FFFD), G::Co);
+  EXPECT_EQ(tok::general_category(0x110000), G::Cn);
+  EXPECT_EQ(tok::category_mask("Han"), 0u);
+  EXPECT_TRUE(tok::assigned_in_normalizer_version(0x1F600));   // 6.1
+  EXPECT_FALSE(tok::assigned_in_normalizer_version(0x1E08F));  // 15.0
+  EXPECT_FALSE(tok::assigned_in_normalizer_version(0x10D24));  // 11.0
+}
+
+// The expanded classes match exactly the code points the table puts in them, over all of Unicode
+// (surrogates excepted: UTF-8 text cannot hold them), compiled the way SplitRegex compiles them.
+TEST_F(TokenizerTest, ExpandedClassesMatchTheTableEverywhere) {
+  const auto compile = [](const std::string& item) {
+    const std::string pattern = "^" + item + "$";
+    int err = 0;
+    PCRE2_SIZE offset = 0;
+    pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+                                     PCRE2_UTF | PCRE2_UCP, &err, &offset, nullptr);
+    EXPECT_NE(code, nullptr) << "cannot compile " << item.substr(0, 200);
+    if (code) pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
+    return std::shared_ptr<pcre2_code>(code, pcre2_code_free);
+  };
+  // Both forms: PCRE2's classes plus additions (this system's PCRE2), and explicit ranges.
+  for (const std::string& version : {pcre2_unicode_version(), std::string("explicit")}) {
+  SCOPED_TRACE(version);
+  const uint32_t L = tok::category_mask("L"), N = tok::category_mask("N");
+  const auto letter = compile(tok::category_class(L, false, false, version));
+  const auto other = compile("[^\\p{White_Space}" + tok::category_class(L, false, true, version) +
+                             tok::category_class(N, false, true, version) + "]");
+  ASSERT_TRUE(letter && other);
+  pcre2_match_data* md = pcre2_match_data_create(1, nullptr);
+  const auto matches = [&](const std::shared_ptr<pcre2_code>& code, const std::string& text) {
+    return pcre2_match(code.get(), reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), 0, 0, md, nullptr) >= 0;
+  };
+  size_t wrong = 0;
+  for (char32_t cp = 0; cp < 0x110000; ++cp) {
+    if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+    std::string text;
+    tok::append_utf8(text, cp);
+    const uint32_t cat = uint32_t{1} << static_cast<unsigned>(tok::general_category(cp));
+    const bool is_letter = cat & tok::category_mask("L");
+    const bool is_number = cat & tok::category_mask("N");
+    const bool is_space = (cp >= 9 && cp <= 13) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+                          (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
+                          cp == 0x205F || cp == 0x3000;
+    if (matches(letter, text) != is_letter && ++wrong <= 5) {
+      ADD_FAILURE() << fmt::format("\\p{{L}} wrong at U+{:04X}", uint32_t(cp));
+    }
+    if (matches(other, text) != (!is_letter && !is_number && !is_space) && ++wrong <= 5) {
+      ADD_FAILURE() << fmt::format("[^\\s\\p{{L}}\\p{{N}}] wrong at U+{:04X}", uint32_t(cp));
+    }
+  }
+  pcre2_match_data_free(md);
+  EXPECT_EQ(wrong, 0u);
+  }
 }
 
 TEST_F(TokenizerTest, NfcQuickCheckAgreesWithUtf8proc) {
@@ -266,10 +363,11 @@ TEST_F(TokenizerTest, NfcQuickCheckAgreesWithUtf8proc) {
 }
 
 // apply() normalizes only the stretches around non-inert code points; it must equal NFC of the
-// whole text, which utf8proc_NFC computes directly.
+// whole text as HF computes it: utf8proc_NFC of the pieces between code points newer than Unicode
+// 9.0 (HF's NFC treats those as starters that neither move nor compose), which stay as they are.
 TEST_F(TokenizerTest, NfcOfStretchesEqualsNfcOfWholeText) {
   const tok::Normalizer nfc = tok::Normalizer::from_json({{"type", "NFC"}});
-  const auto reference = [](const std::string& text) {
+  const auto utf8proc_nfc = [](const std::string& text) {
     utf8proc_uint8_t* out = nullptr;
     const auto n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
                                 static_cast<utf8proc_ssize_t>(text.size()), &out,
@@ -278,13 +376,29 @@ TEST_F(TokenizerTest, NfcOfStretchesEqualsNfcOfWholeText) {
     std::free(out);
     return s;
   };
+  const auto reference = [&](const std::string& text) {
+    std::string out, piece;
+    for (size_t i = 0; i < text.size();) {
+      const size_t start = i;
+      const char32_t cp = tok::next_code_point(text, i);
+      if (tok::assigned_in_normalizer_version(cp)) {
+        piece.append(text, start, i - start);
+      } else {
+        out += utf8proc_nfc(piece) + text.substr(start, i - start);
+        piece.clear();
+      }
+    }
+    return out + utf8proc_nfc(piece);
+  };
   std::vector<std::string> texts = read_corpus();
   // Starters that compose, combining marks of several classes, jamo, syllables, singletons,
   // composition exclusions, and plain ASCII/CJK between them.
   const std::vector<char32_t> pool = {
       'a', 'e', 'o', 'A', 'K', ' ', 0xE9, 0x300, 0x301, 0x308, 0x323, 0x327, 0x344, 0x345, 0x1100, 0x1161,
       0x11A8, 0x1112, 0xAC00, 0xD55C, 0x3099, 0x304B, 0x30AB, 0x915, 0x93C, 0x929, 0xF900, 0x212B, 0x2126,
-      0x1E9B, 0x0F73, 0x0F71, 0x0F72, 0x05D9, 0x05B4, 0xFB1D, 0x6F22, 0x1D15E, 0x1D165, 0x0DD9, 0x0DCF, 0x0CC6, 0x0CD5};
+      0x1E9B, 0x0F73, 0x0F71, 0x0F72, 0x05D9, 0x05B4, 0xFB1D, 0x6F22, 0x1D15E, 0x1D165, 0x0DD9, 0x0DCF, 0x0CC6, 0x0CD5,
+      // Marks newer than Unicode 9.0 (combining classes 230, 9, 230, 7) and a 16.0 letter.
+      0x1E08F, 0x11F42, 0x10D24, 0x11F00, 0x113CE, 0x10D4A};
   std::mt19937 rng(7);
   for (int k = 0; k < 20000; ++k) {
     std::string t;

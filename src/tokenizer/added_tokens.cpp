@@ -1,9 +1,8 @@
 #include "tokenizer/added_tokens.h"
 
-#include <utf8proc.h>
-
 #include <cstring>
 
+#include "tokenizer/unicode_tables.h"
 #include "tokenizer/utf8.h"
 
 namespace ember::tok {
@@ -20,11 +19,10 @@ bool is_white_space(char32_t c) {
 bool is_word_char(char32_t c) {
   if (c < 0x80) return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
   if (c == 0x200C || c == 0x200D) return true;
-  switch (utf8proc_category(static_cast<utf8proc_int32_t>(c))) {
-    case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT:
-    case UTF8PROC_CATEGORY_LM: case UTF8PROC_CATEGORY_LO: case UTF8PROC_CATEGORY_MN:
-    case UTF8PROC_CATEGORY_MC: case UTF8PROC_CATEGORY_ME: case UTF8PROC_CATEGORY_ND:
-    case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_PC:
+  using G = GeneralCategory;
+  switch (general_category(c)) {
+    case G::Lu: case G::Ll: case G::Lt: case G::Lm: case G::Lo: case G::Mn: case G::Mc: case G::Me:
+    case G::Nd: case G::Nl: case G::Pc:
       return true;
     default:
       return false;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "ember/error.h"
+#include "tokenizer/unicode_tables.h"
 #include "tokenizer/utf8.h"
 
 namespace ember::tok {
@@ -17,29 +18,46 @@ constexpr char32_t kCodePoints = 0x110000;
 // decomposition and never appears after the first position of one, so it can neither change nor
 // combine with a neighbour. A string made only of inert code points is already NFC. The table is
 // derived from utf8proc's own data so it always agrees with the utf8proc_map() fallback.
+//
+// HF's NFC knows Unicode 9.0 only (tests/golden/hf_unicode_probe.py): a code point assigned later
+// is to it a starter that neither decomposes nor composes, whatever utf8proc knows of it. Such a
+// code point is a barrier: nothing moves across it and nothing composes with it, so the text on
+// each side is normalized on its own and the code point itself is never handed to utf8proc.
 class InertTable {
  public:
-  InertTable() : bits_(kCodePoints / 64, ~uint64_t{0}) {
+  InertTable() : inert_(kCodePoints / 64, ~uint64_t{0}), barrier_(kCodePoints / 64, 0) {
+    char32_t next = 0;
+    for (size_t r = 0; r < kAssignedInNormalizerVersionCount; ++r) {
+      for (char32_t cp = next; cp < kAssignedInNormalizerVersion[r].first; ++cp) set(barrier_, cp);
+      next = kAssignedInNormalizerVersion[r].last + 1;
+    }
+    for (char32_t cp = next; cp < kCodePoints; ++cp) set(barrier_, cp);
     utf8proc_int32_t buf[32];
     for (char32_t cp = 0x300; cp < kCodePoints; ++cp) {
+      if (test(barrier_, cp)) continue;
       const utf8proc_property_t* p = utf8proc_get_property(static_cast<utf8proc_int32_t>(cp));
-      if (p->combining_class != 0) clear(cp);
+      if (p->combining_class != 0) clear(inert_, cp);
       if (p->decomp_seqindex == UINT16_MAX || p->decomp_type != 0) continue;
       int last_boundclass = 0;
       const auto n = utf8proc_decompose_char(static_cast<utf8proc_int32_t>(cp), buf, 32,
                                              UTF8PROC_DECOMPOSE, &last_boundclass);
       if (n == 1 && static_cast<char32_t>(buf[0]) == cp) continue;
-      clear(cp);
-      for (utf8proc_ssize_t k = 1; k < n && k < 32; ++k) clear(static_cast<char32_t>(buf[k]));
+      clear(inert_, cp);
+      for (utf8proc_ssize_t k = 1; k < n && k < 32; ++k) clear(inert_, static_cast<char32_t>(buf[k]));
     }
     // Conjoining jamo compose algorithmically (not through the decomposition data).
-    for (char32_t cp = 0x1100; cp < 0x1200; ++cp) clear(cp);
+    for (char32_t cp = 0x1100; cp < 0x1200; ++cp) clear(inert_, cp);
   }
-  bool inert(char32_t cp) const { return (bits_[cp >> 6] >> (cp & 63)) & 1; }
+  // Barriers count as inert: they end the stretch before them.
+  bool inert(char32_t cp) const { return test(inert_, cp) || test(barrier_, cp); }
+  bool barrier(char32_t cp) const { return test(barrier_, cp); }
 
  private:
-  void clear(char32_t cp) { bits_[cp >> 6] &= ~(uint64_t{1} << (cp & 63)); }
-  std::vector<uint64_t> bits_;
+  static bool test(const std::vector<uint64_t>& bits, char32_t cp) { return (bits[cp >> 6] >> (cp & 63)) & 1; }
+  static void clear(std::vector<uint64_t>& bits, char32_t cp) { bits[cp >> 6] &= ~(uint64_t{1} << (cp & 63)); }
+  static void set(std::vector<uint64_t>& bits, char32_t cp) { bits[cp >> 6] |= uint64_t{1} << (cp & 63); }
+  std::vector<uint64_t> inert_;
+  std::vector<uint64_t> barrier_;
 };
 
 const InertTable& inert_table() {
@@ -92,7 +110,12 @@ std::string_view Normalizer::apply(std::string_view text, std::string& buf) cons
       i += lead < 0x80 ? 1 : 2;
       continue;
     }
-    if (table.inert(next_code_point(text, i))) {
+    const char32_t cp = next_code_point(text, i);
+    if (table.barrier(cp)) {
+      last_inert = i;  // a stretch after it starts after it: nothing composes with a barrier
+      continue;
+    }
+    if (table.inert(cp)) {
       last_inert = cp_start;
       continue;
     }

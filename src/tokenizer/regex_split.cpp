@@ -1,9 +1,45 @@
 #include "tokenizer/regex_split.h"
 
 #include "ember/error.h"
+#include "tokenizer/unicode_tables.h"
 
 namespace ember::tok {
 namespace {
+
+const std::string& pcre2_unicode_version() {
+  static const std::string version = [] {
+    char buf[64] = {};
+    return pcre2_config(PCRE2_CONFIG_UNICODE_VERSION, buf) > 0 ? std::string(buf) : std::string();
+  }();
+  return version;
+}
+
+// Rewrites a General_Category escape that starts at p[i] ('\\' then 'p' or 'P': \p{L}, \p{^L}, \P{L},
+// \pL) into explicit code point ranges of ember's Unicode tables and returns the index of its last
+// character; returns i unchanged for any other property (a script, say), which PCRE2 keeps.
+size_t expand_category(std::string_view p, size_t i, bool in_class, std::string& out) {
+  bool negated = p[i + 1] == 'P';
+  std::string_view name;
+  size_t last = i + 2;
+  if (i + 2 < p.size() && p[i + 2] == '{') {
+    const size_t close = p.find('}', i + 3);
+    if (close == std::string_view::npos) return i;
+    name = p.substr(i + 3, close - i - 3);
+    if (!name.empty() && name[0] == '^') {
+      negated = !negated;
+      name.remove_prefix(1);
+    }
+    last = close;
+  } else if (i + 2 < p.size()) {
+    name = p.substr(i + 2, 1);
+  } else {
+    return i;
+  }
+  const uint32_t mask = category_mask(name);
+  if (mask == 0) return i;
+  out += category_class(mask, negated, in_class, pcre2_unicode_version());
+  return last;
+}
 
 std::string pcre2_message(int code) {
   PCRE2_UCHAR buf[256];
@@ -40,6 +76,13 @@ std::string onig_to_pcre2(std::string_view p) {
   for (size_t i = 0; i < p.size(); ++i) {
     const char c = p[i];
     const char next = i + 1 < p.size() ? p[i + 1] : '\0';
+    if (c == '\\' && (next == 'p' || next == 'P')) {
+      const size_t last = expand_category(p, i, in_class, out);
+      if (last != i) {
+        i = last;
+        continue;
+      }
+    }
     if (c == '\\' && i + 1 < p.size()) {
       ++i;
       switch (next) {
