@@ -55,8 +55,8 @@ class CliTest : public ::testing::Test {
   static Result run(const std::string& args, const std::string& stdin_text = "") {
     const fs::path in = root_ / "stdin.txt", out = root_ / "stdout.txt", err = root_ / "stderr.txt";
     write_file(in, stdin_text);
-    const std::string cmd = std::string(EMBER_BINARY) + " " + args + " <" + in.string() + " >" + out.string() +
-                            " 2>" + err.string();
+    const std::string cmd =
+        std::string(EMBER_BINARY) + " " + args + " <" + in.string() + " >" + out.string() + " 2>" + err.string();
     const int status = std::system(cmd.c_str());
     Result r;
     r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -99,7 +99,8 @@ TEST_F(CliTest, EmbedTextFileGivesOneNormalisedLinePerTextInOrder) {
 }
 
 TEST_F(CliTest, EmbedMatchesTheLibraryAndHonoursIdsDimensionsAndInstruction) {
-  write_file(root_ / "in.jsonl", "{\"text\": \"hello world\", \"id\": \"doc-1\"}\n\n{\"text\": \"second\", \"id\": 7}\n");
+  write_file(root_ / "in.jsonl",
+             "{\"text\": \"hello world\", \"id\": \"doc-1\"}\n\n{\"text\": \"second\", \"id\": 7}\n");
   const fs::path out_path = root_ / "out.jsonl";
   Result r = run("embed --model " + model() + " --input " + (root_ / "in.jsonl").string() + " --output " +
                  out_path.string() + " --dimensions 32 --instruction 'Find the answer'");
@@ -254,6 +255,41 @@ TEST_F(CliTest, DtypeChoosesThePrecisionAndFloat16NeedsCuda) {
   } catch (const ember::Error& e) {
     EXPECT_EQ(std::string(e.what()), cpu_only);
   }
+}
+
+}  // namespace
+
+namespace {
+
+// Every usage error exits 2 (CLI11's own codes are 100-120), whatever the command.
+TEST_F(CliTest, UsageErrorsExitTwo) {
+  const std::string m = " --model " + model();
+  for (const std::string& args : std::vector<std::string>{
+           "", "nosuchcommand", "embed", "embed --nosuchflag" + m, "embed --dimensions -5" + m,
+           "embed --threads -1" + m, "embed --max-batch-tokens -3" + m, "embed --max-batch-tokens 0" + m,
+           "serve --drain-timeout -1" + m, "serve --http-threads -2" + m, "serve --max-queued-tokens -1" + m,
+           "serve --max-input-tokens -7" + m, "serve --port -1" + m, "serve --port 70000" + m,
+           "serve --max-concurrent-requests 0" + m, "make-model --preset tiny --out x --shards -1",
+           "tokenize" + m + " --input"}) {
+    SCOPED_TRACE(args);
+    const Result r = run(args);
+    EXPECT_EQ(r.code, 2) << r.err;
+    EXPECT_FALSE(r.err.empty());
+  }
+  EXPECT_EQ(run("--help").code, 0);
+  EXPECT_EQ(run("serve --help").code, 0);
+}
+
+// An empty key must not silently serve without authentication.
+TEST_F(CliTest, AnEmptyApiKeyIsAnError) {
+  Result r = run("serve --port 0 --api-key '' --model " + model());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--api-key is empty"), std::string::npos) << r.err;
+  ::setenv("EMBER_API_KEY", "", 1);
+  r = run("serve --port 0 --model " + model());
+  ::unsetenv("EMBER_API_KEY");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("EMBER_API_KEY is set but empty"), std::string::npos) << r.err;
 }
 
 }  // namespace

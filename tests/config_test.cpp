@@ -5,8 +5,8 @@
 #include <functional>
 
 #include "ember/error.h"
-#include "test_support.h"
 #include "ember/model_config.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using namespace ember;
@@ -230,10 +230,12 @@ TEST(ConfigTest, UnsupportedArchitecture) {
             std::string::npos)
       << msg;
 
-  const std::string qwen2 = error_of([] { ModelConfig::from_json_text(edited("model_type", "\"qwen2\""), "q2/config.json"); });
+  const std::string qwen2 =
+      error_of([] { ModelConfig::from_json_text(edited("model_type", "\"qwen2\""), "q2/config.json"); });
   EXPECT_NE(qwen2.find("'model_type' is 'qwen2'"), std::string::npos) << qwen2;
-  EXPECT_NE(error_of([] { ModelConfig::from_json_text(edited("model_type", ""), "n/config.json"); })
-                .find("neither 'architectures' nor 'model_type'"),
+  EXPECT_NE(error_of([] {
+              ModelConfig::from_json_text(edited("model_type", ""), "n/config.json");
+            }).find("neither 'architectures' nor 'model_type'"),
             std::string::npos);
 }
 
@@ -244,11 +246,13 @@ TEST(ConfigTest, RopeScalingOtherThanDefaultRejected) {
   EXPECT_NE(yarn.find("y/config.json: key 'rope_scaling'"), std::string::npos) << yarn;
   EXPECT_NE(yarn.find("\"yarn\""), std::string::npos) << yarn;
   const std::string linear = error_of([] {
-    ModelConfig::from_json_text(edited("rope_parameters", R"({"rope_type": "linear", "rope_theta": 1.0})"), "l/config.json");
+    ModelConfig::from_json_text(edited("rope_parameters", R"({"rope_type": "linear", "rope_theta": 1.0})"),
+                                "l/config.json");
   });
   EXPECT_NE(linear.find("'rope_parameters'"), std::string::npos) << linear;
   EXPECT_DOUBLE_EQ(
-      ModelConfig::from_json_text(edited("rope_scaling", R"({"type": "default"})"), "d/config.json").rope_theta, 10000.0);
+      ModelConfig::from_json_text(edited("rope_scaling", R"({"type": "default"})"), "d/config.json").rope_theta,
+      10000.0);
 }
 
 TEST(ConfigTest, Validation) {
@@ -258,6 +262,11 @@ TEST(ConfigTest, Validation) {
   };
   fails_with(edited("hidden_size", "0"), "key 'hidden_size' must be positive, got 0");
   fails_with(edited("num_hidden_layers", "-3"), "key 'num_hidden_layers' must be positive, got -3");
+  fails_with(edited("num_hidden_layers", "1000000000"),
+             "key 'num_hidden_layers' is 1000000000, beyond any plausible model (at most 1024)");
+  fails_with(edited("head_dim", "99999999998"), "key 'head_dim' is 99999999998, beyond any plausible model");
+  fails_with(edited("max_position_embeddings", "4611686018427387904"), "key 'max_position_embeddings' is");
+  fails_with(edited("intermediate_size", "1000000000"), "key 'intermediate_size' is 1000000000");
   fails_with(edited("num_key_value_heads", "3"), "key 'num_key_value_heads' (3) must divide num_attention_heads (4)");
   fails_with(edited("head_dim", "15"), "key 'head_dim' must be even");
   fails_with(edited("rms_norm_eps", "0"), "key 'rms_norm_eps' must be a positive number");

@@ -2,9 +2,8 @@
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
-#include <utf8proc.h>
-
 #include <unistd.h>
+#include <utf8proc.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -103,8 +102,8 @@ class TokenizerTest : public ::testing::Test {
   Tokenizer variant(Edit&& edit, const nlohmann::json& config = nullptr) {
     nlohmann::json j = *spec_;
     edit(j);
-    const fs::path dir = fs::temp_directory_path() /
-                         fmt::format("ember_tokenizer_test_{}_{}", ::getpid(), variant_count_++);
+    const fs::path dir =
+        fs::temp_directory_path() / fmt::format("ember_tokenizer_test_{}_{}", ::getpid(), variant_count_++);
     fs::create_directories(dir);
     std::ofstream(dir / "tokenizer.json") << j.dump();
     if (!config.is_null()) std::ofstream(dir / "tokenizer_config.json") << config.dump();
@@ -151,7 +150,8 @@ TEST_F(TokenizerTest, AddedTokensAreMatchedInRawText) {
   EXPECT_EQ(texts(tok().encode("a<think>b</think>")), (std::vector<std::string>{"a", "<think>", "b", "</think>"}));
   EXPECT_EQ(tok().encode("<|endoftext|><|endoftext|>"), (Ids{kEndOfText, kEndOfText}));
   // A space before a token stays a separate BPE word.
-  EXPECT_EQ(texts(tok().encode(" <|endoftext|> ")), (std::vector<std::string>{"\xC4\xA0", "<|endoftext|>", "\xC4\xA0"}));
+  EXPECT_EQ(texts(tok().encode(" <|endoftext|> ")),
+            (std::vector<std::string>{"\xC4\xA0", "<|endoftext|>", "\xC4\xA0"}));
 }
 
 TEST_F(TokenizerTest, PartialAddedTokensGoThroughBpe) {
@@ -173,30 +173,29 @@ TEST_F(TokenizerTest, ContractionsAreCaseInsensitive) {
 }
 
 TEST_F(TokenizerTest, NormalizesToNfcBeforeSplitting) {
-  EXPECT_EQ(tok().encode("caf\x65\xCC\x81"), tok().encode("caf\xC3\xA9"));         // e + U+0301 == é
+  EXPECT_EQ(tok().encode("caf\x65\xCC\x81"), tok().encode("caf\xC3\xA9"));                        // e + U+0301 == é
   EXPECT_EQ(tok().encode("\xE1\x84\x92\xE1\x85\xA1\xE1\x86\xAB"), tok().encode("\xED\x95\x9C"));  // jamo == 한
-  EXPECT_EQ(tok().encode("\xE2\x84\xAB"), tok().encode("\xC3\x85"));               // Å sign == Å
+  EXPECT_EQ(tok().encode("\xE2\x84\xAB"), tok().encode("\xC3\x85"));                              // Å sign == Å
   // NFC leaves compatibility characters alone: "ﬁ" is not "fi".
   EXPECT_NE(tok().encode("\xEF\xAC\x81"), tok().encode("fi"));
 }
 
 TEST_F(TokenizerTest, RejectsInvalidUtf8WithOffset) {
   const std::vector<std::pair<std::string, size_t>> cases = {
-      {"\xFF", 0},                 // never valid
-      {"abc\xC0\xAF", 3},          // overlong '/'
-      {"ab\xED\xA0\x80", 2},       // surrogate U+D800
-      {"x\xF4\x90\x80\x80", 1},    // above U+10FFFF
-      {"hello \xE4\xB8", 6},       // truncated
-      {"\xC3\xA9\x80", 2},         // stray continuation byte
-      {"<|endoftext|>\xFE", 13},   // after an added token
+      {"\xFF", 0},                // never valid
+      {"abc\xC0\xAF", 3},         // overlong '/'
+      {"ab\xED\xA0\x80", 2},      // surrogate U+D800
+      {"x\xF4\x90\x80\x80", 1},   // above U+10FFFF
+      {"hello \xE4\xB8", 6},      // truncated
+      {"\xC3\xA9\x80", 2},        // stray continuation byte
+      {"<|endoftext|>\xFE", 13},  // after an added token
   };
   for (const auto& [text, offset] : cases) {
     try {
       tok().encode(text);
       ADD_FAILURE() << "no error for " << escaped(text);
     } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("byte offset " + std::to_string(offset)), std::string::npos)
-          << e.what();
+      EXPECT_NE(std::string(e.what()).find("byte offset " + std::to_string(offset)), std::string::npos) << e.what();
     }
     EXPECT_THROW(tok().encode_for_model(text), Error);
   }
@@ -204,8 +203,8 @@ TEST_F(TokenizerTest, RejectsInvalidUtf8WithOffset) {
 
 TEST_F(TokenizerTest, HandlesNulAndVeryLongInputs) {
   EXPECT_EQ(tok().encode(std::string("a\0b", 3)).size(), 3u);
-  for (const std::string& text : {std::string(100000, 'a'), std::string(100000, ' '), std::string(50000, '\n'),
-                                  std::string(20000, '7')}) {
+  for (const std::string& text :
+       {std::string(100000, 'a'), std::string(100000, ' '), std::string(50000, '\n'), std::string(20000, '7')}) {
     std::string joined;
     for (int32_t id : tok().encode(text)) joined += tok().token_text(id);
     EXPECT_EQ(tok::byte_level_to_bytes(joined), text);
@@ -250,7 +249,8 @@ TEST_F(TokenizerTest, SplitRegexHasOnigurumaWhitespace) {
   EXPECT_EQ(split("!\xEF\xBB\xBF"), (P{"!\xEF\xBB\xBF"}));
   // \p{N} includes other numbers (①, ²) one at a time; \p{L} covers every script.
   EXPECT_EQ(split("x\xC2\xB2\xE2\x91\xA0"), (P{"x", "\xC2\xB2", "\xE2\x91\xA0"}));
-  EXPECT_EQ(split("\xD0\xBC\xD0\xB8\xD1\x80 \xE6\x97\xA5\xE6\x9C\xAC"), (P{"\xD0\xBC\xD0\xB8\xD1\x80", " \xE6\x97\xA5\xE6\x9C\xAC"}));
+  EXPECT_EQ(split("\xD0\xBC\xD0\xB8\xD1\x80 \xE6\x97\xA5\xE6\x9C\xAC"),
+            (P{"\xD0\xBC\xD0\xB8\xD1\x80", " \xE6\x97\xA5\xE6\x9C\xAC"}));
   EXPECT_EQ(split(""), P{});
 }
 
@@ -288,13 +288,13 @@ TEST_F(TokenizerTest, GeneralCategoriesAreUnicode16) {
   using G = tok::GeneralCategory;
   EXPECT_EQ(tok::kClassifierUnicodeVersion, std::string("16.0.0"));
   EXPECT_EQ(tok::general_category('A'), G::Lu);
-  EXPECT_EQ(tok::general_category(0x661), G::Nd);      // Arabic-Indic digit one
-  EXPECT_EQ(tok::general_category(0x1D2C0), G::No);    // Kaktovik numeral zero (15.0)
-  EXPECT_EQ(tok::general_category(0x11F04), G::Lo);    // Kawi letter A (15.0)
-  EXPECT_EQ(tok::general_category(0x31350), G::Lo);    // CJK Extension H (15.0)
-  EXPECT_EQ(tok::general_category(0x2EBF0), G::Lo);    // CJK Extension I (15.1)
-  EXPECT_EQ(tok::general_category(0x2EE5E), G::Cn);    // just past Extension I
-  EXPECT_EQ(tok::general_category(0x10D40), G::Nd);    // Garay digit zero (16.0)
+  EXPECT_EQ(tok::general_category(0x661), G::Nd);    // Arabic-Indic digit one
+  EXPECT_EQ(tok::general_category(0x1D2C0), G::No);  // Kaktovik numeral zero (15.0)
+  EXPECT_EQ(tok::general_category(0x11F04), G::Lo);  // Kawi letter A (15.0)
+  EXPECT_EQ(tok::general_category(0x31350), G::Lo);  // CJK Extension H (15.0)
+  EXPECT_EQ(tok::general_category(0x2EBF0), G::Lo);  // CJK Extension I (15.1)
+  EXPECT_EQ(tok::general_category(0x2EE5E), G::Cn);  // just past Extension I
+  EXPECT_EQ(tok::general_category(0x10D40), G::Nd);  // Garay digit zero (16.0)
   EXPECT_EQ(tok::general_category(0xD800), G::Cs);
   EXPECT_EQ(tok::general_category(0x10FFFD), G::Co);
   EXPECT_EQ(tok::general_category(0x110000), G::Cn);
@@ -319,36 +319,36 @@ TEST_F(TokenizerTest, ExpandedClassesMatchTheTableEverywhere) {
   };
   // Both forms: PCRE2's classes plus additions (this system's PCRE2), and explicit ranges.
   for (const std::string& version : {pcre2_unicode_version(), std::string("explicit")}) {
-  SCOPED_TRACE(version);
-  const uint32_t L = tok::category_mask("L"), N = tok::category_mask("N");
-  const auto letter = compile(tok::category_class(L, false, false, version));
-  const auto other = compile("[^\\p{White_Space}" + tok::category_class(L, false, true, version) +
-                             tok::category_class(N, false, true, version) + "]");
-  ASSERT_TRUE(letter && other);
-  pcre2_match_data* md = pcre2_match_data_create(1, nullptr);
-  const auto matches = [&](const std::shared_ptr<pcre2_code>& code, const std::string& text) {
-    return pcre2_match(code.get(), reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), 0, 0, md, nullptr) >= 0;
-  };
-  size_t wrong = 0;
-  for (char32_t cp = 0; cp < 0x110000; ++cp) {
-    if (cp >= 0xD800 && cp <= 0xDFFF) continue;
-    std::string text;
-    tok::append_utf8(text, cp);
-    const uint32_t cat = uint32_t{1} << static_cast<unsigned>(tok::general_category(cp));
-    const bool is_letter = cat & tok::category_mask("L");
-    const bool is_number = cat & tok::category_mask("N");
-    const bool is_space = (cp >= 9 && cp <= 13) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
-                          (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
-                          cp == 0x205F || cp == 0x3000;
-    if (matches(letter, text) != is_letter && ++wrong <= 5) {
-      ADD_FAILURE() << fmt::format("\\p{{L}} wrong at U+{:04X}", uint32_t(cp));
+    SCOPED_TRACE(version);
+    const uint32_t L = tok::category_mask("L"), N = tok::category_mask("N");
+    const auto letter = compile(tok::category_class(L, false, false, version));
+    const auto other = compile("[^\\p{White_Space}" + tok::category_class(L, false, true, version) +
+                               tok::category_class(N, false, true, version) + "]");
+    ASSERT_TRUE(letter && other);
+    pcre2_match_data* md = pcre2_match_data_create(1, nullptr);
+    const auto matches = [&](const std::shared_ptr<pcre2_code>& code, const std::string& text) {
+      return pcre2_match(code.get(), reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), 0, 0, md, nullptr) >= 0;
+    };
+    size_t wrong = 0;
+    for (char32_t cp = 0; cp < 0x110000; ++cp) {
+      if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+      std::string text;
+      tok::append_utf8(text, cp);
+      const uint32_t cat = uint32_t{1} << static_cast<unsigned>(tok::general_category(cp));
+      const bool is_letter = cat & tok::category_mask("L");
+      const bool is_number = cat & tok::category_mask("N");
+      const bool is_space = (cp >= 9 && cp <= 13) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+                            (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
+                            cp == 0x205F || cp == 0x3000;
+      if (matches(letter, text) != is_letter && ++wrong <= 5) {
+        ADD_FAILURE() << fmt::format("\\p{{L}} wrong at U+{:04X}", uint32_t(cp));
+      }
+      if (matches(other, text) != (!is_letter && !is_number && !is_space) && ++wrong <= 5) {
+        ADD_FAILURE() << fmt::format("[^\\s\\p{{L}}\\p{{N}}] wrong at U+{:04X}", uint32_t(cp));
+      }
     }
-    if (matches(other, text) != (!is_letter && !is_number && !is_space) && ++wrong <= 5) {
-      ADD_FAILURE() << fmt::format("[^\\s\\p{{L}}\\p{{N}}] wrong at U+{:04X}", uint32_t(cp));
-    }
-  }
-  pcre2_match_data_free(md);
-  EXPECT_EQ(wrong, 0u);
+    pcre2_match_data_free(md);
+    EXPECT_EQ(wrong, 0u);
   }
 }
 
@@ -358,7 +358,7 @@ TEST_F(TokenizerTest, NfcQuickCheckAgreesWithUtf8proc) {
   EXPECT_EQ(nfc.apply("plain ASCII", buf), "plain ASCII");
   EXPECT_EQ(nfc.apply("\xE6\x97\xA5\xE6\x9C\xAC", buf), "\xE6\x97\xA5\xE6\x9C\xAC");
   EXPECT_EQ(nfc.apply("e\xCC\x81", buf), "\xC3\xA9");
-  EXPECT_EQ(nfc.apply("\xEF\xA4\x80", buf), "\xE8\xB1\x88");  // CJK compatibility ideograph U+F900
+  EXPECT_EQ(nfc.apply("\xEF\xA4\x80", buf), "\xE8\xB1\x88");              // CJK compatibility ideograph U+F900
   EXPECT_EQ(nfc.apply("\xE1\x84\x80\xE1\x85\xA1", buf), "\xEA\xB0\x80");  // jamo ᄀ + ᅡ = 가
 }
 
@@ -369,9 +369,9 @@ TEST_F(TokenizerTest, NfcOfStretchesEqualsNfcOfWholeText) {
   const tok::Normalizer nfc = tok::Normalizer::from_json({{"type", "NFC"}});
   const auto utf8proc_nfc = [](const std::string& text) {
     utf8proc_uint8_t* out = nullptr;
-    const auto n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
-                                static_cast<utf8proc_ssize_t>(text.size()), &out,
-                                static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+    const auto n =
+        utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()), static_cast<utf8proc_ssize_t>(text.size()),
+                     &out, static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
     std::string s(reinterpret_cast<const char*>(out), n < 0 ? 0 : static_cast<size_t>(n));
     std::free(out);
     return s;
@@ -394,9 +394,9 @@ TEST_F(TokenizerTest, NfcOfStretchesEqualsNfcOfWholeText) {
   // Starters that compose, combining marks of several classes, jamo, syllables, singletons,
   // composition exclusions, and plain ASCII/CJK between them.
   const std::vector<char32_t> pool = {
-      'a', 'e', 'o', 'A', 'K', ' ', 0xE9, 0x300, 0x301, 0x308, 0x323, 0x327, 0x344, 0x345, 0x1100, 0x1161,
-      0x11A8, 0x1112, 0xAC00, 0xD55C, 0x3099, 0x304B, 0x30AB, 0x915, 0x93C, 0x929, 0xF900, 0x212B, 0x2126,
-      0x1E9B, 0x0F73, 0x0F71, 0x0F72, 0x05D9, 0x05B4, 0xFB1D, 0x6F22, 0x1D15E, 0x1D165, 0x0DD9, 0x0DCF, 0x0CC6, 0x0CD5,
+      'a', 'e', 'o', 'A', 'K', ' ', 0xE9, 0x300, 0x301, 0x308, 0x323, 0x327, 0x344, 0x345, 0x1100, 0x1161, 0x11A8,
+      0x1112, 0xAC00, 0xD55C, 0x3099, 0x304B, 0x30AB, 0x915, 0x93C, 0x929, 0xF900, 0x212B, 0x2126, 0x1E9B, 0x0F73,
+      0x0F71, 0x0F72, 0x05D9, 0x05B4, 0xFB1D, 0x6F22, 0x1D15E, 0x1D165, 0x0DD9, 0x0DCF, 0x0CC6, 0x0CD5,
       // Marks newer than Unicode 9.0 (combining classes 230, 9, 230, 7) and a 16.0 letter.
       0x1E08F, 0x11F42, 0x10D24, 0x11F00, 0x113CE, 0x10D4A};
   std::mt19937 rng(7);
@@ -461,12 +461,15 @@ TEST_F(TokenizerTest, RoundTripsCorpusThroughTokenTexts) {
 }
 
 TEST_F(TokenizerTest, TemplatePostProcessorAppendsItsTokens) {
-  const nlohmann::json eot_special = {{"<|endoftext|>", {{"id", "<|endoftext|>"}, {"ids", {kEndOfText}}, {"tokens", {"<|endoftext|>"}}}}};
-  const nlohmann::json im_start_special = {{"<|im_start|>", {{"id", "<|im_start|>"}, {"ids", {kImStart}}, {"tokens", {"<|im_start|>"}}}}};
+  const nlohmann::json eot_special = {
+      {"<|endoftext|>", {{"id", "<|endoftext|>"}, {"ids", {kEndOfText}}, {"tokens", {"<|endoftext|>"}}}}};
+  const nlohmann::json im_start_special = {
+      {"<|im_start|>", {{"id", "<|im_start|>"}, {"ids", {kImStart}}, {"tokens", {"<|im_start|>"}}}}};
   // Qwen3-Embedding's newer tokenizer.json: $A <|endoftext|>.
   const nlohmann::json appends_eot = {
       {"type", "TemplateProcessing"},
-      {"single", {{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}, {{"SpecialToken", {{"id", "<|endoftext|>"}, {"type_id", 0}}}}}},
+      {"single",
+       {{{"Sequence", {{"id", "A"}, {"type_id", 0}}}}, {{"SpecialToken", {{"id", "<|endoftext|>"}, {"type_id", 0}}}}}},
       {"pair", nlohmann::json::array()},
       {"special_tokens", eot_special}};
   Tokenizer plain = variant([&](nlohmann::json& j) { j["post_processor"] = appends_eot; });
@@ -511,7 +514,8 @@ TEST_F(TokenizerTest, AcceptsOtherFileForms) {
   });
   EXPECT_EQ(gpt2.encode("Hello world 2024"), (Ids{9707, 1879, 220, 17, 15, 17, 19}));
   // add_prefix_space makes "Hello" a " Hello" word.
-  Tokenizer prefix = variant([](nlohmann::json& j) { j["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = true; });
+  Tokenizer prefix =
+      variant([](nlohmann::json& j) { j["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = true; });
   EXPECT_EQ(prefix.encode("Hello"), tok().encode(" Hello"));
 }
 
@@ -534,7 +538,8 @@ TEST_F(TokenizerTest, AddedTokenFlags) {
 TEST_F(TokenizerTest, ConfigAddsMissingAddedTokens) {
   const nlohmann::json config = {
       {"added_tokens_decoder",
-       {{"151669", {{"content", "<extra>"}, {"special", true}, {"lstrip", false}, {"rstrip", false}, {"normalized", false}}},
+       {{"151669",
+         {{"content", "<extra>"}, {"special", true}, {"lstrip", false}, {"rstrip", false}, {"normalized", false}}},
         {"151643", {{"content", "<|endoftext|>"}, {"special", true}}}}}};
   Tokenizer t = variant([](nlohmann::json&) {}, config);
   EXPECT_EQ(t.id_count(), 151670);
@@ -548,7 +553,8 @@ TEST_F(TokenizerTest, RejectsUnsupportedFiles) {
   EXPECT_THROW(Tokenizer::from_dir("/nonexistent/ember"), Error);
   EXPECT_THROW(variant([](nlohmann::json& j) { j["normalizer"] = {{"type", "Lowercase"}}; }), Error);
   EXPECT_THROW(variant([](nlohmann::json& j) { j["model"]["type"] = "WordPiece"; }), Error);
-  EXPECT_THROW(variant([](nlohmann::json& j) { j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Removed"; }), Error);
+  EXPECT_THROW(variant([](nlohmann::json& j) { j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Removed"; }),
+               Error);
   EXPECT_THROW(variant([](nlohmann::json& j) { j["model"]["merges"][5] = {"no-such-token", "x"}; }), Error);
   try {
     variant([](nlohmann::json& j) { j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(unclosed"; });
@@ -575,7 +581,8 @@ TEST_F(TokenizerTest, MatchesHuggingFaceOnCorpus) {
     const std::string got = join(tok().encode(corpus[i]));
     if (got == golden[i]) continue;
     if (++mismatches <= 8) {
-      report += fmt::format("line {}: text \"{}\"\n  ember: {}\n  HF:    {}\n", i + 1, escaped(corpus[i]), got, golden[i]);
+      report +=
+          fmt::format("line {}: text \"{}\"\n  ember: {}\n  HF:    {}\n", i + 1, escaped(corpus[i]), got, golden[i]);
     }
   }
   EXPECT_EQ(mismatches, 0u) << mismatches << " of " << corpus.size() << " texts differ from HF:\n" << report;

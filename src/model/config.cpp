@@ -1,9 +1,8 @@
 #include <cmath>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "ember/error.h"
 #include "ember/model_config.h"
@@ -132,23 +131,26 @@ void reject_unsupported_features(const ConfigReader& r) {
 }
 
 void validate(const ModelConfig& c, const ConfigReader& r) {
-  auto positive = [&](const char* key, int64_t v) {
+  // Upper bounds far beyond any released model, so that a corrupt or hostile config fails here,
+  // naming the field, instead of as a failed allocation of 10^9 layers later.
+  auto in_range = [&](const char* key, int64_t v, int64_t most) {
     if (v <= 0) r.fail(key, "must be positive, got " + std::to_string(v));
+    if (v > most) {
+      r.fail(key, "is " + std::to_string(v) + ", beyond any plausible model (at most " + std::to_string(most) + ")");
+    }
   };
-  positive("hidden_size", c.hidden_size);
-  positive("num_hidden_layers", c.num_hidden_layers);
-  positive("num_attention_heads", c.num_attention_heads);
-  positive("num_key_value_heads", c.num_key_value_heads);
-  positive("head_dim", c.head_dim);
-  positive("intermediate_size", c.intermediate_size);
-  positive("vocab_size", c.vocab_size);
-  positive("max_position_embeddings", c.max_position_embeddings);
+  in_range("hidden_size", c.hidden_size, int64_t{1} << 16);
+  in_range("num_hidden_layers", c.num_hidden_layers, 1024);
+  in_range("num_attention_heads", c.num_attention_heads, 1024);
+  in_range("num_key_value_heads", c.num_key_value_heads, 1024);
+  in_range("head_dim", c.head_dim, 1024);
+  in_range("intermediate_size", c.intermediate_size, int64_t{1} << 20);
+  in_range("vocab_size", c.vocab_size, int64_t{1} << 24);
+  in_range("max_position_embeddings", c.max_position_embeddings, int64_t{1} << 24);
   if (c.num_attention_heads % c.num_key_value_heads != 0)
-    r.fail("num_key_value_heads", "(" + std::to_string(c.num_key_value_heads) +
-                                      ") must divide num_attention_heads (" +
+    r.fail("num_key_value_heads", "(" + std::to_string(c.num_key_value_heads) + ") must divide num_attention_heads (" +
                                       std::to_string(c.num_attention_heads) + ")");
-  if (c.head_dim % 2 != 0)
-    r.fail("head_dim", "must be even for RoPE, got " + std::to_string(c.head_dim));
+  if (c.head_dim % 2 != 0) r.fail("head_dim", "must be even for RoPE, got " + std::to_string(c.head_dim));
   if (!(c.rms_norm_eps > 0) || !std::isfinite(c.rms_norm_eps))
     r.fail("rms_norm_eps", "must be a positive number, got " + std::to_string(c.rms_norm_eps));
   if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta))
@@ -206,10 +208,10 @@ ModelConfig ModelConfig::from_file(const std::filesystem::path& config_json) {
 int64_t ModelConfig::parameter_count() const {
   const int64_t q_out = num_attention_heads * head_dim;
   const int64_t kv_out = num_key_value_heads * head_dim;
-  const int64_t attention = hidden_size * q_out        // q_proj
-                            + 2 * hidden_size * kv_out  // k_proj, v_proj
-                            + q_out * hidden_size       // o_proj
-                            + 2 * head_dim;             // q_norm, k_norm
+  const int64_t attention = hidden_size * q_out             // q_proj
+                            + 2 * hidden_size * kv_out      // k_proj, v_proj
+                            + q_out * hidden_size           // o_proj
+                            + 2 * head_dim;                 // q_norm, k_norm
   const int64_t mlp = 3 * hidden_size * intermediate_size;  // gate, up, down
   const int64_t norms = 2 * hidden_size;                    // input and post-attention RMSNorm
   return vocab_size * hidden_size + num_hidden_layers * (attention + mlp + norms) + hidden_size;

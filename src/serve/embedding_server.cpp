@@ -63,8 +63,10 @@ void EmbeddingServer::start(int listening_fd) {
       io_.run();
     });
   }
-  log_.event(LogLevel::Info, fmt::format("listening on {}:{} ({} HTTP threads); loading model '{}'", options_.http.host,
-                                         port(), threads, options_.engine.model));
+  log_.event(LogLevel::Info, fmt::format("listening on {}:{} ({} HTTP threads, authentication {}); loading model '{}'",
+                                         options_.http.host, port(), threads,
+                                         options_.api_key.empty() ? "off: every route is open" : "on: API key required",
+                                         options_.engine.model));
   if (slot_.load() != ModelState::Ready) throw Error("cannot load the model: " + slot_.last_error());
   const auto facts = slot_.facts();
   log_.event(LogLevel::Info, fmt::format("model '{}' ready in {:.2f} s: {} layers, hidden {}, {} MB of device memory",

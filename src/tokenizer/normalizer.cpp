@@ -39,8 +39,8 @@ class InertTable {
       if (p->combining_class != 0) clear(inert_, cp);
       if (p->decomp_seqindex == UINT16_MAX || p->decomp_type != 0) continue;
       int last_boundclass = 0;
-      const auto n = utf8proc_decompose_char(static_cast<utf8proc_int32_t>(cp), buf, 32,
-                                             UTF8PROC_DECOMPOSE, &last_boundclass);
+      const auto n =
+          utf8proc_decompose_char(static_cast<utf8proc_int32_t>(cp), buf, 32, UTF8PROC_DECOMPOSE, &last_boundclass);
       if (n == 1 && static_cast<char32_t>(buf[0]) == cp) continue;
       clear(inert_, cp);
       for (utf8proc_ssize_t k = 1; k < n && k < 32; ++k) clear(inert_, static_cast<char32_t>(buf[k]));
@@ -65,9 +65,7 @@ const InertTable& inert_table() {
   return table;
 }
 
-bool is_nfc_spec(const nlohmann::json& spec) {
-  return spec.is_object() && spec.value("type", "") == "NFC";
-}
+bool is_nfc_spec(const nlohmann::json& spec) { return spec.is_object() && spec.value("type", "") == "NFC"; }
 
 }  // namespace
 
@@ -98,8 +96,8 @@ Normalizer Normalizer::from_json(const nlohmann::json& spec) {
 std::string_view Normalizer::apply(std::string_view text, std::string& buf) const {
   if (!nfc_) return text;
   const InertTable& table = inert_table();
-  size_t copied = 0;                                 // text[0, copied) is already in buf
-  size_t last_inert = std::string_view::npos;        // start of the latest inert code point
+  size_t copied = 0;                           // text[0, copied) is already in buf
+  size_t last_inert = std::string_view::npos;  // start of the latest inert code point
   bool changed = false;
   for (size_t i = 0; i < text.size();) {
     const size_t cp_start = i;

@@ -137,8 +137,8 @@ SplitRegex::SplitRegex(std::string_view pattern, bool literal, const std::string
   if (literal) options |= PCRE2_LITERAL;
   int err = 0;
   PCRE2_SIZE err_offset = 0;
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
-                                   options, &err, &err_offset, nullptr);
+  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(), options, &err,
+                                   &err_offset, nullptr);
   if (!code) {
     throw Error(where + ": cannot compile regex /" + std::string(pattern) + "/ (as PCRE2 /" + translated +
                 "/): " + pcre2_message(err) + " at offset " + std::to_string(err_offset));
@@ -147,8 +147,7 @@ SplitRegex::SplitRegex(std::string_view pattern, bool literal, const std::string
   jit_ = pcre2_jit_compile(code, PCRE2_JIT_COMPLETE) == 0;
 }
 
-bool SplitRegex::find(std::string_view text, size_t from, RegexScratch& scratch, size_t& start,
-                      size_t& end) const {
+bool SplitRegex::find(std::string_view text, size_t from, RegexScratch& scratch, size_t& start, size_t& end) const {
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
   int rc = PCRE2_ERROR_JIT_STACKLIMIT;
   if (jit_) {

@@ -35,29 +35,42 @@ using G = GeneralCategory;
 const std::array<CategoryName, 38> kNames = {{
     {"L", "Letter", bit(G::Lu) | bit(G::Ll) | bit(G::Lt) | bit(G::Lm) | bit(G::Lo)},
     {"LC", "Cased_Letter", bit(G::Lu) | bit(G::Ll) | bit(G::Lt)},
-    {"Lu", "Uppercase_Letter", bit(G::Lu)}, {"Ll", "Lowercase_Letter", bit(G::Ll)},
-    {"Lt", "Titlecase_Letter", bit(G::Lt)}, {"Lm", "Modifier_Letter", bit(G::Lm)},
+    {"Lu", "Uppercase_Letter", bit(G::Lu)},
+    {"Ll", "Lowercase_Letter", bit(G::Ll)},
+    {"Lt", "Titlecase_Letter", bit(G::Lt)},
+    {"Lm", "Modifier_Letter", bit(G::Lm)},
     {"Lo", "Other_Letter", bit(G::Lo)},
     {"M", "Mark", bit(G::Mn) | bit(G::Mc) | bit(G::Me)},
-    {"Mn", "Nonspacing_Mark", bit(G::Mn)}, {"Mc", "Spacing_Mark", bit(G::Mc)},
+    {"Mn", "Nonspacing_Mark", bit(G::Mn)},
+    {"Mc", "Spacing_Mark", bit(G::Mc)},
     {"Me", "Enclosing_Mark", bit(G::Me)},
     {"N", "Number", bit(G::Nd) | bit(G::Nl) | bit(G::No)},
-    {"Nd", "Decimal_Number", bit(G::Nd)}, {"Nl", "Letter_Number", bit(G::Nl)},
+    {"Nd", "Decimal_Number", bit(G::Nd)},
+    {"Nl", "Letter_Number", bit(G::Nl)},
     {"No", "Other_Number", bit(G::No)},
     {"P", "Punctuation", bit(G::Pc) | bit(G::Pd) | bit(G::Ps) | bit(G::Pe) | bit(G::Pi) | bit(G::Pf) | bit(G::Po)},
-    {"Pc", "Connector_Punctuation", bit(G::Pc)}, {"Pd", "Dash_Punctuation", bit(G::Pd)},
-    {"Ps", "Open_Punctuation", bit(G::Ps)}, {"Pe", "Close_Punctuation", bit(G::Pe)},
-    {"Pi", "Initial_Punctuation", bit(G::Pi)}, {"Pf", "Final_Punctuation", bit(G::Pf)},
+    {"Pc", "Connector_Punctuation", bit(G::Pc)},
+    {"Pd", "Dash_Punctuation", bit(G::Pd)},
+    {"Ps", "Open_Punctuation", bit(G::Ps)},
+    {"Pe", "Close_Punctuation", bit(G::Pe)},
+    {"Pi", "Initial_Punctuation", bit(G::Pi)},
+    {"Pf", "Final_Punctuation", bit(G::Pf)},
     {"Po", "Other_Punctuation", bit(G::Po)},
     {"S", "Symbol", bit(G::Sm) | bit(G::Sc) | bit(G::Sk) | bit(G::So)},
-    {"Sm", "Math_Symbol", bit(G::Sm)}, {"Sc", "Currency_Symbol", bit(G::Sc)},
-    {"Sk", "Modifier_Symbol", bit(G::Sk)}, {"So", "Other_Symbol", bit(G::So)},
+    {"Sm", "Math_Symbol", bit(G::Sm)},
+    {"Sc", "Currency_Symbol", bit(G::Sc)},
+    {"Sk", "Modifier_Symbol", bit(G::Sk)},
+    {"So", "Other_Symbol", bit(G::So)},
     {"Z", "Separator", bit(G::Zs) | bit(G::Zl) | bit(G::Zp)},
-    {"Zs", "Space_Separator", bit(G::Zs)}, {"Zl", "Line_Separator", bit(G::Zl)},
+    {"Zs", "Space_Separator", bit(G::Zs)},
+    {"Zl", "Line_Separator", bit(G::Zl)},
     {"Zp", "Paragraph_Separator", bit(G::Zp)},
     {"C", "Other", bit(G::Cc) | bit(G::Cf) | bit(G::Cs) | bit(G::Co) | bit(G::Cn)},
-    {"Cc", "Control", bit(G::Cc)}, {"Cf", "Format", bit(G::Cf)}, {"Cs", "Surrogate", bit(G::Cs)},
-    {"Co", "Private_Use", bit(G::Co)}, {"Cn", "Unassigned", bit(G::Cn)},
+    {"Cc", "Control", bit(G::Cc)},
+    {"Cf", "Format", bit(G::Cf)},
+    {"Cs", "Surrogate", bit(G::Cs)},
+    {"Co", "Private_Use", bit(G::Co)},
+    {"Cn", "Unassigned", bit(G::Cn)},
 }};
 
 void append_range(std::string& out, char32_t first, char32_t last) {
@@ -155,8 +168,8 @@ std::string class_body(uint32_t mask, bool complement) {
 namespace ember::tok {
 
 std::string category_class(uint32_t mask, bool negated, bool in_class, std::string_view library_version) {
-  const std::string explicit_item = in_class ? class_body(mask, negated)
-                                             : std::string(negated ? "[^" : "[") + class_body(mask, false) + "]";
+  const std::string explicit_item =
+      in_class ? class_body(mask, negated) : std::string(negated ? "[^" : "[") + class_body(mask, false) + "]";
   if (negated && in_class) return explicit_item;  // "not the library's class" cannot take additions
   size_t version = kRegexLibraryVersionCount;
   for (size_t v = 0; v < kRegexLibraryVersionCount; ++v) {

@@ -92,10 +92,13 @@ class PrecisionBench {
     engine_.embed_tokens(seqs);
     const double seconds = since(start);
     const double rate = flops / seconds;
-    fmt::print("  {:<36} {:>11.0f} {:>10.1f} {:>10.1f} {:>8.1f}%\n", label, tokens / seconds, seconds * 1e3, rate / unit_,
-               100 * rate / peak_);
-    out_[name] = {{"tokens", tokens}, {"seconds", seconds}, {"tokens_per_s", tokens / seconds},
-                  {"tflops", rate / 1e12}, {"percent_of_peak", 100 * rate / peak_}};
+    fmt::print("  {:<36} {:>11.0f} {:>10.1f} {:>10.1f} {:>8.1f}%\n", label, tokens / seconds, seconds * 1e3,
+               rate / unit_, 100 * rate / peak_);
+    out_[name] = {{"tokens", tokens},
+                  {"seconds", seconds},
+                  {"tokens_per_s", tokens / seconds},
+                  {"tflops", rate / 1e12},
+                  {"percent_of_peak", 100 * rate / peak_}};
   }
 
   void latency(const std::string& name, const std::string& label, const Sequence& query, int reps) {
@@ -170,7 +173,8 @@ void bench_precision(const BenchFlags& flags, const std::string& model_dir, Prec
   const int scale = flags.quick ? 4 : 1;
   if (cuda) {
     bench.throughput("batch512", "512-token texts x" + std::to_string(256 / scale), texts_of_length(256 / scale, 512));
-    bench.throughput("mixed", "mixed 20-1000 tokens x" + std::to_string(1024 / scale), mixed_corpus(1024 / scale, 20, 1000));
+    bench.throughput("mixed", "mixed 20-1000 tokens x" + std::to_string(1024 / scale),
+                     mixed_corpus(1024 / scale, 20, 1000));
     bench.throughput("queries32x256", "32-token queries x" + std::to_string(2048 / scale),
                      texts_of_length(2048 / scale, 32));
     bench.latency("query16", "one 16-token query", synthetic_query(16), 50);

@@ -75,7 +75,8 @@ void add_embed_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--output,-o", flags->output, "Output JSONL file; - is stdout")->capture_default_str();
   cmd->add_option("--format", flags->format, "Input format: auto (by extension), txt or jsonl")->capture_default_str();
-  cmd->add_option("--dimensions", flags->dimensions, "Matryoshka: keep the first N values (32..hidden), re-normalised");
+  cmd->add_option("--dimensions", flags->dimensions, "Matryoshka: keep the first N values (32..hidden), re-normalised")
+      ->check(CLI::Range(0, 1 << 20));
   cmd->add_option("--instruction", flags->instruction,
                   "Query instruction: each text becomes \"Instruct: TEXT\\nQuery:{text}\"");
   cmd->add_flag("--truncate", flags->truncate, "Cut over-long inputs to the model's maximum instead of failing");

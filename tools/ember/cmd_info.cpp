@@ -30,8 +30,7 @@ void run_info(const InfoFlags& flags) {
   // normed and out; the MLP's gate_up, which also holds the attention's qkv and output when they
   // fit; the MLP's act.
   const int64_t attention = (2 * c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim;
-  const int64_t per_token = 3 * c.hidden_size + 2 * c.intermediate_size +
-                            std::max(c.intermediate_size, c.hidden_size) +
+  const int64_t per_token = 3 * c.hidden_size + 2 * c.intermediate_size + std::max(c.intermediate_size, c.hidden_size) +
                             (attention > 2 * c.intermediate_size ? attention : 0);
   const double act_bf16 = 2.0 * per_token * flags.max_batch_tokens;
   const double act_f32 = 2.0 * act_bf16;
@@ -53,9 +52,10 @@ void run_info(const InfoFlags& flags) {
   fmt::print("files            {} safetensors, {:.2f} GiB of tensors\n", weights.file_count(), gib(stored));
   fmt::print("memory, fast     {:.2f} GiB: bf16 weights {:.2f} GiB + activations {:.2f} GiB at {} batch tokens\n",
              gib(2.0 * params + act_bf16), gib(2.0 * params), gib(act_bf16), flags.max_batch_tokens);
-  fmt::print("memory, exact    {:.2f} GiB on the CPU: fp32 matrices {:.2f} GiB + table {:.2f} GiB + activations {:.2f} GiB\n",
-             gib(4.0 * (params - embed_params) + stored * embed_params / params + act_f32),
-             gib(4.0 * (params - embed_params)), gib(stored * embed_params / params), gib(act_f32));
+  fmt::print(
+      "memory, exact    {:.2f} GiB on the CPU: fp32 matrices {:.2f} GiB + table {:.2f} GiB + activations {:.2f} GiB\n",
+      gib(4.0 * (params - embed_params) + stored * embed_params / params + act_f32), gib(4.0 * (params - embed_params)),
+      gib(stored * embed_params / params), gib(act_f32));
 }
 
 }  // namespace

@@ -49,7 +49,9 @@ void add_make_model_command(CLI::App& app) {
       ->required();
   cmd->add_option("--out,-o", flags->out, "Folder to create")->required();
   cmd->add_option("--dtype", flags->dtype, "Weight dtype: bf16, f16 or f32")->capture_default_str();
-  cmd->add_option("--shards", flags->shards, "Number of safetensors files")->capture_default_str();
+  cmd->add_option("--shards", flags->shards, "Number of safetensors files")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
   cmd->add_option("--seed", flags->seed, "Seed of the weights")->capture_default_str();
   cmd->add_flag("--name-prefix", flags->name_prefix, "Name tensors \"model.layers...\" as Qwen3ForCausalLM does");
   cmd->add_option("--tokenizer-dir", flags->tokenizer_dir,

@@ -26,6 +26,7 @@ struct ServeFlags {
   int64_t body_limit_mb = 64;
   int64_t drain_timeout_s = 30;
   bool disable_log_requests = false;
+  bool api_key_given = false;
   std::string log_format = "text";
   std::string log_file;
 };
@@ -50,8 +51,16 @@ void run_serve(ServeFlags& flags) {
       flags.max_queued_tokens > 0 ? flags.max_queued_tokens : 64 * options.engine.max_batch_tokens;
   options.http.body_limit = static_cast<uint64_t>(flags.body_limit_mb) << 20;
   options.drain_timeout = std::chrono::seconds(flags.drain_timeout_s);
-  if (options.api_key.empty()) {
-    if (const char* key = std::getenv("EMBER_API_KEY"); key != nullptr) options.api_key = key;
+  if (flags.api_key_given && options.api_key.empty()) {
+    throw Error("--api-key is empty: give a key, or leave the flag out to serve without authentication");
+  }
+  if (!flags.api_key_given) {
+    if (const char* key = std::getenv("EMBER_API_KEY"); key != nullptr) {
+      if (*key == '\0') {
+        throw Error("EMBER_API_KEY is set but empty: set a key, or unset it to serve without authentication");
+      }
+      options.api_key = key;
+    }
   }
 
   ServerLogWriter log(flags.log_format, flags.log_file);
@@ -93,7 +102,8 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--served-model-name", o.served_model_name,
                   "Model name clients send and see (default: the model "
                   "folder's name or hub id)");
-  cmd->add_option("--max-input-tokens", o.max_input_tokens, "Longest input in tokens (default: the model's maximum)");
+  cmd->add_option("--max-input-tokens", o.max_input_tokens, "Longest input in tokens (default: the model's maximum)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   cmd->add_flag("--auto-truncate", o.auto_truncate, "Cut over-long inputs instead of answering 400");
   cmd->add_option("--max-client-batch-size", flags->max_client_batch_size, "Most inputs in one request")
       ->capture_default_str()
@@ -104,22 +114,28 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   cmd->add_option("--max-queued-tokens", flags->max_queued_tokens,
                   "Tokens waiting for a batch before new requests get 429 "
-                  "(default: 64 batches)");
+                  "(default: 64 batches)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
   cmd->add_option("--max-batch-sequences", o.batch.max_batch_sequences, "Most sequences in one forward pass")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
-  cmd->add_option("--api-key", o.api_key, "Require 'Authorization: Bearer KEY' (also $EMBER_API_KEY)");
+  auto* key = cmd->add_option("--api-key", o.api_key, "Require 'Authorization: Bearer KEY' (also $EMBER_API_KEY)");
   cmd->add_option("--body-limit-mb", flags->body_limit_mb, "Largest request body in MiB (larger: 413)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{4096}));
-  cmd->add_option("--http-threads", o.io_threads, "HTTP/tokenizer threads (0: one per core, at least 2)");
+  cmd->add_option("--http-threads", o.io_threads, "HTTP threads (0: one per core, at least 2)")
+      ->check(CLI::Range(0, 1024));
   cmd->add_option("--drain-timeout", flags->drain_timeout_s,
                   "Seconds SIGTERM waits for requests in flight before exiting")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{0}, int64_t{24} * 3600));
   cmd->add_flag("--disable-log-requests", flags->disable_log_requests, "Do not log each request");
   cmd->add_option("--log-format", flags->log_format, "text or json")->capture_default_str();
   cmd->add_option("--log-file", flags->log_file, "Append the log to this file instead of stderr");
-  cmd->callback([flags] { run_serve(*flags); });
+  cmd->callback([flags, key] {
+    flags->api_key_given = key->count() > 0;
+    run_serve(*flags);
+  });
 }
 
 }  // namespace ember::cli

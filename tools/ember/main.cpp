@@ -14,11 +14,12 @@ void EngineFlags::add_to(CLI::App& app, bool model_required) {
   app.add_option("--precision", precision, "exact (fp32 activations) or fast (bf16 activations)");
   app.add_option("--dtype", dtype,
                  "bfloat16, float16 (CUDA only) or float32: the activation and weight type (instead of --precision)");
-  app.add_option("--threads", threads, "CPU threads (0: all cores)")->capture_default_str();
+  app.add_option("--threads", threads, "CPU threads (0: all cores)")->capture_default_str()->check(CLI::Range(0, 4096));
   app.add_flag("--deterministic", deterministic,
                "CUDA: the same bits in every process (cuBLASLt's heuristic GEMM choice, not the fastest timed)");
   app.add_option("--max-batch-tokens", max_batch_tokens,
-                 "Tokens packed into one forward pass (default 8192 on the CPU, 16384 on CUDA)");
+                 "Tokens packed into one forward pass (default 8192 on the CPU, 16384 on CUDA)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
 }
 
 EngineOptions EngineFlags::options() const {
@@ -29,8 +30,8 @@ EngineOptions EngineFlags::options() const {
     if (!precision.empty()) throw Error("give --dtype or --precision, not both");
     apply_dtype(dtype, o);
   } else {
-    o.precision = precision.empty() ? (o.device == Device::Cpu ? Precision::Exact : Precision::Fast)
-                                    : parse_precision(precision);
+    o.precision =
+        precision.empty() ? (o.device == Device::Cpu ? Precision::Exact : Precision::Fast) : parse_precision(precision);
   }
   o.threads = threads;
   o.deterministic = deterministic;
@@ -45,6 +46,10 @@ std::string default_tokenizer_dir() {
 
 }  // namespace ember::cli
 
+namespace {
+constexpr int kUsageError = 2;
+}  // namespace
+
 int main(int argc, char** argv) {
   CLI::App app{"ember: text embeddings with Qwen3-Embedding models"};
   app.require_subcommand(1);
@@ -57,7 +62,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // CLI11 numbers its errors 100-120; the README promises 2 for every usage error (0 for --help).
+    return app.exit(e) == 0 ? 0 : kUsageError;
   } catch (const ember::Error& e) {
     std::fprintf(stderr, "ember: error: %s\n", e.what());
     return 1;

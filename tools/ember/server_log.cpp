@@ -63,9 +63,8 @@ void ServerLogWriter::request(const serve::RequestRecord& r) {
   // A probe's 503 while loading or draining is the expected answer, not a server error.
   const char* level = r.status >= 500 && r.route != "/health" ? "error" : "info";
   if (json_) {
-    nlohmann::json j = {{"ts", timestamp()},  {"level", level},
-                        {"method", r.method}, {"path", r.target},
-                        {"status", r.status}, {"ms", std::round(ms * 1000.0) / 1000.0}};
+    nlohmann::json j = {{"ts", timestamp()}, {"level", level},     {"method", r.method},
+                        {"path", r.target},  {"status", r.status}, {"ms", std::round(ms * 1000.0) / 1000.0}};
     if (r.inputs > 0) {
       j["inputs"] = r.inputs;
       j["tokens"] = r.tokens;
@@ -73,8 +72,7 @@ void ServerLogWriter::request(const serve::RequestRecord& r) {
     if (!r.error.empty()) j["error"] = r.error;
     return write(dump(j));
   }
-  std::string line = fmt::format("{} {:<7} {} {} {} {:.2f}ms", timestamp(), level,
-                                 r.method, r.target, r.status, ms);
+  std::string line = fmt::format("{} {:<7} {} {} {} {:.2f}ms", timestamp(), level, r.method, r.target, r.status, ms);
   if (r.inputs > 0) line += fmt::format(" inputs={} tokens={}", r.inputs, r.tokens);
   // Quoted and escaped as a JSON string: the message may echo request text, newlines included,
   // which must not start a line of its own.
