@@ -229,9 +229,9 @@ void ServeErrorsTest::unknown_model_path_and_method(ServerProcess& s) {
   for (const auto& w : std::vector<Wrong>{{http::verb::get, "/v1/embeddings", "POST"},
                                           {http::verb::put, "/embed", "POST"},
                                           {http::verb::get, "/tokenize", "POST"},
-                                          {http::verb::post, "/health", "GET"},
-                                          {http::verb::delete_, "/v1/models", "GET"},
-                                          {http::verb::post, "/metrics", "GET"}}) {
+                                          {http::verb::post, "/health", "GET, HEAD"},
+                                          {http::verb::delete_, "/v1/models", "GET, HEAD"},
+                                          {http::verb::post, "/metrics", "GET, HEAD"}}) {
     SCOPED_TRACE(std::string(http::to_string(w.method)) + " " + w.target);
     const Response res = c.request(w.method, w.target, w.method == http::verb::get ? "" : "{}");
     expect_api_error(res, 405, "invalid_request_error", "", "method_not_allowed");
@@ -262,11 +262,24 @@ TEST_F(ServeErrorsTest, ApiKeyGuardsEveryRouteButHealthAndMetrics) {
                                                          {http::verb::post, "/tokenize"},
                                                          {http::verb::get, "/v1/models"},
                                                          {http::verb::get, "/info"}}) {
-      const Response res = c.request(method, target, method == http::verb::post ? req.dump() : "", headers);
+      // Refused from the head: a body is never read, so that connection closes.
+      HttpClient once = s.client();
+      const Response res = once.request(method, target, method == http::verb::post ? req.dump() : "", headers);
       expect_api_error(res, 401, "authentication_error", "", "invalid_api_key");
       EXPECT_EQ(res[http::field::www_authenticate], "Bearer");
     }
   }
+  // No `100 Continue` invites the body of a request without the key: the 401 comes first.
+  HttpClient eager = s.client();
+  eager.write_raw(
+      "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n"
+      "Expect: 100-continue\r\n\r\n");
+  const Response refused = eager.read();
+  expect_api_error(refused, 401, "authentication_error", "", "invalid_api_key");
+  EXPECT_FALSE(refused.keep_alive());
+  EXPECT_TRUE(eager.closed_by_server());
+  ASSERT_TRUE(s.wait_for_log("POST /v1/embeddings 401")) << s.log();
+  EXPECT_NE(s.log().find("authentication on"), std::string::npos) << s.log();
   const Headers good = {{"Authorization", "Bearer sekrit-key"}};
   EXPECT_EQ(c.post("/v1/embeddings", req, good).result_int(), 200);
   EXPECT_EQ(c.post("/v1/embeddings", req, {{"Authorization", "bearer sekrit-key"}}).result_int(), 200);
@@ -280,6 +293,16 @@ TEST_F(ServeErrorsTest, ApiKeyGuardsEveryRouteButHealthAndMetrics) {
 }
 
 TEST_F(ServeErrorsTest, BodiesOverTheLimitAre413) {
+  {  // The default limit is TEI's 2 MB (2 MiB), not 64.
+    ServerProcess d(model());
+    HttpClient c = d.client();
+    EXPECT_EQ(c.post("/v1/embeddings", json{{"input", std::string(1900000, 'a')}}).result_int(), 400);
+    HttpClient big = d.client();
+    expect_api_error(big.post("/v1/embeddings", json{{"input", std::string(2200000, 'a')}}), 413,
+                     "invalid_request_error");
+    EXPECT_EQ(metric(parse_metrics(d.client().get("/metrics").body()), R"(ember_http_refused_total{status="413"})"), 1);
+    ASSERT_TRUE(d.wait_for_log("refused a request: 413")) << d.log();
+  }
   ServerProcess s(model(), {"--body-limit-mb", "1"});
   constexpr size_t kLimit = 1 << 20;
   // Padding with JSON whitespace makes a body of any size with one tiny input.
@@ -495,23 +518,26 @@ TEST_F(ServeErrorsTest, TheServerSurvivesTheWholeTableAtOnce) {
 
   HttpClient c = s.client();
   const std::string ok = R"(ember_requests_total{route="/v1/embeddings",status="200"})";
+  const std::string gone_key = R"(ember_requests_total{route="/v1/embeddings",status="499"})";
   const double answered = metric(parse_metrics(c.get("/metrics").body()), ok);
+  const double left_before = metric(parse_metrics(c.get("/metrics").body()), gone_key);
   {
     HttpClient gone = s.client();
     gone.send(http::verb::post, "/v1/embeddings",
               json{{"input", std::vector<std::string>(64, std::string(2000, 'q'))}}.dump());
   }
-  for (int i = 0; i < 6000; ++i) {  // until the abandoned request has been answered (into a closed socket)
-    if (metric(parse_metrics(c.get("/metrics").body()), ok) > answered) break;
+  for (int i = 0; i < 6000; ++i) {  // until the abandoned request is accounted for (499, as nginx logs it)
+    if (metric(parse_metrics(c.get("/metrics").body()), gone_key) > left_before) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   const auto m = parse_metrics(c.get("/metrics").body());
-  EXPECT_EQ(metric(m, ok), answered + 1);
+  EXPECT_EQ(metric(m, ok), answered);
+  EXPECT_EQ(metric(m, gone_key), left_before + 1);
   EXPECT_EQ(metric(m, "ember_queue_sequences"), 0);
   EXPECT_EQ(metric(m, "ember_requests_in_flight"), 0);
   for (const auto& [key, value] : m) {
     // /health answered 503 while the model loaded, before the server was used.
-    if (key.find("status=\"5") != std::string::npos && key.find("/health") == std::string::npos) {
+    if (value > 0 && key.find("status=\"5") != std::string::npos && key.find("/health") == std::string::npos) {
       ADD_FAILURE() << key << " " << value;
     }
   }

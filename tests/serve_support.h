@@ -476,11 +476,13 @@ class ServeFixture : public ::testing::Test {
   static std::string model() { return (root_->path / "tiny").string(); }
   static const std::filesystem::path& root() { return root_->path; }
 
-  // --precision exact (the CPU default, named so that the engine below surely matches).
+  // --precision exact (the CPU default, named so that the engine below surely matches); a 64 MiB body
+  // limit so that the parser's own limits (a million inputs) are reached before the 2 MiB default.
   static ServerProcess& server() {
     if (!server_) {
       server_ = std::make_unique<ServerProcess>(
-          model(), std::vector<std::string>{"--served-model-name", kServedName, "--precision", "exact"});
+          model(), std::vector<std::string>{"--served-model-name", kServedName, "--precision", "exact",
+                                            "--body-limit-mb", "64"});
     }
     return *server_;
   }

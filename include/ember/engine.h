@@ -28,8 +28,8 @@ struct EngineOptions {
   Device device = Device::Cpu;
   Precision precision = Precision::Exact;
   HalfType half_type = HalfType::BFloat16;  // used when precision is Fast
-  int threads = 0;                 // 0: all cores
-  int64_t max_batch_tokens = 8192;  // tokens packed into one forward pass
+  int threads = 0;                          // 0: all cores
+  int64_t max_batch_tokens = 8192;          // tokens packed into one forward pass
   // CUDA: take cuBLASLt's heuristic choice of GEMM algorithm instead of timing its candidates.
   // Timing may keep a different algorithm in each process (another summation order), so replicas
   // would agree only to bf16 rounding; deterministic ones give the same bits everywhere.
@@ -45,9 +45,9 @@ void apply_dtype(const std::string& name, EngineOptions& options);
 std::vector<float> finish_embedding(std::span<const float> pooled, int dimensions, bool normalize = true);
 
 struct EmbedOptions {
-  int dimensions = 0;        // 0: full hidden size; else Matryoshka, 32 <= d <= hidden
-  std::string instruction;   // non-empty: "Instruct: {instruction}\nQuery:{text}"
-  bool truncate = false;     // over-long inputs: cut to the model's maximum instead of an error
+  int dimensions = 0;       // 0: full hidden size; else Matryoshka, 32 <= d <= hidden
+  std::string instruction;  // non-empty: "Instruct: {instruction}\nQuery:{text}"
+  bool truncate = false;    // over-long inputs: cut to the model's maximum instead of an error
 };
 
 // A loaded model: tokenizer + weights on a backend. Thread-compatible (one caller at a time).

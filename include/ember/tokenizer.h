@@ -32,8 +32,20 @@ class Tokenizer {
   // post-processor already appends it (then its output is used as is).
   std::vector<int32_t> encode_for_model(std::string_view text) const;
 
-  int32_t eos_id() const;        // <|endoftext|>
-  int64_t id_count() const;      // one past the largest id the tokenizer can produce
+  // encode_for_model() cut to at most `max_tokens` ids, tokenizing no further than that needs: a
+  // 40 MB text over the limit costs the tokens kept, not the whole text. When the whole model input
+  // would be longer, `over_limit` is set and `ids` is its truncation: the first max_tokens - 1 ids,
+  // then its last id (<|endoftext|>, which the model pools).
+  struct Limited {
+    std::vector<int32_t> ids;
+    bool over_limit = false;
+  };
+  Limited encode_for_model(std::string_view text, size_t max_tokens) const;
+  // encode() stopped after `max_tokens` ids; `over_limit` says there were more.
+  Limited encode(std::string_view text, size_t max_tokens) const;
+
+  int32_t eos_id() const;                    // <|endoftext|>
+  int64_t id_count() const;                  // one past the largest id the tokenizer can produce
   std::string token_text(int32_t id) const;  // the vocabulary entry (byte-level form), for debugging
 
   // What one token stands for: its raw bytes (a BPE token may hold part of a UTF-8 character)

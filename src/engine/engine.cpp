@@ -4,6 +4,7 @@
 
 #include "backend/backend.h"
 #include "ember/error.h"
+#include "ember/input_policy.h"
 #include "model/model_dir.h"
 #include "model/pooling.h"
 #include "model/qwen3.h"
@@ -90,22 +91,13 @@ class LoadedEngine final : public Engine {
   std::string profile_report() override { return backend_->profile_report(); }
 
   std::vector<int32_t> tokenize(const std::string& text, const EmbedOptions& options) const override {
-    std::vector<int32_t> ids = options.instruction.empty()
-                                   ? tokenizer_.encode_for_model(text)
-                                   : tokenizer_.encode_for_model("Instruct: " + options.instruction + "\nQuery:" + text);
-    const auto max_tokens = static_cast<size_t>(config_.max_position_embeddings);
-    if (ids.size() > max_tokens) {
-      if (!options.truncate) {
-        throw Error("input has " + std::to_string(ids.size()) + " tokens, more than the model's maximum of " +
-                    std::to_string(max_tokens) + " (truncate it, or pass --truncate)");
-      }
-      // Keep the closing <|endoftext|>: the model pools the last token.
-      const int32_t last = ids.back();
-      ids.resize(max_tokens);
-      ids.back() = last;
-    }
-    check_ids(ids);
-    return ids;
+    InputPolicy policy;
+    policy.max_tokens = config_.max_position_embeddings;
+    policy.vocab_size = config_.vocab_size;
+    policy.truncate = options.truncate;
+    policy.instruction = options.instruction;
+    policy.truncate_hint = "pass --truncate";
+    return text_input(tokenizer_, text, policy);
   }
 
   std::vector<std::vector<float>> embed_tokens(const std::vector<std::vector<int32_t>>& sequences,
@@ -179,8 +171,6 @@ class LoadedEngine final : public Engine {
 
 }  // namespace
 
-std::unique_ptr<Engine> Engine::open(const EngineOptions& options) {
-  return std::make_unique<LoadedEngine>(options);
-}
+std::unique_ptr<Engine> Engine::open(const EngineOptions& options) { return std::make_unique<LoadedEngine>(options); }
 
 }  // namespace ember

@@ -12,8 +12,8 @@
 namespace ember::serve {
 
 struct RequestLimits {
-  size_t max_inputs = 2048;   // --max-client-batch-size: inputs in one request
-  int max_json_depth = 64;    // deeper nesting is rejected while parsing, before it is built
+  size_t max_inputs = 2048;  // --max-client-batch-size: inputs in one request
+  int max_json_depth = 64;   // deeper nesting is rejected while parsing, before it is built
 };
 
 // `input` as a client sent it: texts, or token-id sequences (OpenAI allows both; never mixed).
@@ -27,20 +27,20 @@ struct EmbeddingInputs {
 // POST /v1/embeddings
 struct OpenAiEmbeddingRequest {
   EmbeddingInputs input;
-  std::string model;           // may be empty; the route checks it against --served-model-name
-  bool base64 = false;         // encoding_format: "float" (default) | "base64"
-  int dimensions = 0;          // 0: not given
+  std::string model;    // may be empty; the route checks it against --served-model-name
+  bool base64 = false;  // encoding_format: "float" (default) | "base64"
+  int dimensions = 0;   // 0: not given
   std::optional<std::string> user;
 };
 OpenAiEmbeddingRequest parse_openai_embedding_request(std::string_view body, const RequestLimits& limits);
 
 // POST /embed (text-embeddings-inference)
 struct TeiEmbedRequest {
-  EmbeddingInputs inputs;      // "inputs": string | [string] | [int] | [[int]]
+  EmbeddingInputs inputs;  // "inputs": string | [string] | [int] | [[int]]
   bool normalize = true;
   std::optional<bool> truncate;  // not given: the server's --auto-truncate decides
   int dimensions = 0;
-  std::string prompt_name;     // accepted; only "" is supported, anything else is a 400
+  std::string prompt_name;  // accepted; only "" is supported, anything else is a 400
 };
 TeiEmbedRequest parse_tei_embed_request(std::string_view body, const RequestLimits& limits);
 

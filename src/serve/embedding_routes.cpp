@@ -4,6 +4,8 @@
 #include <string>
 
 #include "ember/error.h"
+#include "ember/input_policy.h"
+#include "model/pooling.h"
 #include "serve/routes.h"
 
 namespace ember::serve {
@@ -20,9 +22,10 @@ struct EmbeddingAnswer {
 };
 
 std::shared_ptr<Engine> ready_engine(const RouteContext& ctx) {
+  // Draining still serves what was admitted before the stop.
   auto engine = ctx.slot.engine();
   const ModelState state = ctx.slot.state();
-  if (!engine || state != ModelState::Ready) {
+  if (!engine || (state != ModelState::Ready && state != ModelState::Draining)) {
     std::string why = "model '" + ctx.slot.served_name() + "' is " + std::string(to_string(state));
     if (state == ModelState::Failed) why += ": " + ctx.slot.last_error();
     throw unavailable(why + "; retry shortly", state == ModelState::Loading ? 1 : 5);
@@ -30,60 +33,42 @@ std::shared_ptr<Engine> ready_engine(const RouteContext& ctx) {
   return engine;
 }
 
-int64_t max_input_tokens(const RouteContext& ctx, const Engine& engine) {
+InputPolicy input_policy(const RouteContext& ctx, const Engine& engine, bool truncate) {
+  InputPolicy policy;
   const int64_t model_max = engine.config().max_position_embeddings;
   const int64_t limit = ctx.options.max_input_tokens;
-  return limit > 0 && limit < model_max ? limit : model_max;
+  policy.max_tokens = limit > 0 && limit < model_max ? limit : model_max;
+  policy.vocab_size = engine.config().vocab_size;
+  policy.truncate = truncate;
+  policy.truncate_hint = "ask for truncation (TEI: \"truncate\": true; server: --auto-truncate)";
+  return policy;
 }
 
-std::string too_long(const char* field, size_t index, size_t tokens, int64_t limit) {
-  return std::string(field) + "[" + std::to_string(index) + "] has " + std::to_string(tokens) +
-         " tokens, more than the maximum of " + std::to_string(limit) +
-         "; shorten it, or ask for truncation (TEI: \"truncate\": true; server: --auto-truncate)";
-}
-
-// The model-input ids of every input, checked against the vocabulary and the length limit. `field`
-// names the inputs in errors: "input" (OpenAI) or "inputs" (TEI).
-std::vector<std::vector<int32_t>> sequences_of(const RouteContext& ctx, const Engine& engine,
-                                               const EmbeddingInputs& inputs, bool truncate, const char* field) {
-  const int64_t limit = max_input_tokens(ctx, engine);
-  const int64_t vocab = engine.config().vocab_size;
+// The model-input ids of every input under the input policy. `field` names the inputs in errors:
+// "input" (OpenAI) or "inputs" (TEI).
+std::vector<std::vector<int32_t>> sequences_of(const RouteContext& ctx, const Engine& engine, EmbeddingInputs& inputs,
+                                               bool truncate, const char* field) {
+  const InputPolicy policy = input_policy(ctx, engine, truncate);
   std::vector<std::vector<int32_t>> out(inputs.size());
   for (size_t i = 0; i < inputs.size(); ++i) {
-    auto& ids = out[i];
-    if (inputs.is_tokens) {
-      ids = inputs.token_ids[i];
-      for (int32_t id : ids) {
-        if (id < 0 || id >= vocab) {
-          throw bad_request(std::string(field) + "[" + std::to_string(i) + "] holds token id " + std::to_string(id) +
-                                ", outside the model's vocabulary of " + std::to_string(vocab),
-                            field);
-        }
-      }
-    } else {
-      try {
-        ids = engine.tokenizer().encode_for_model(inputs.texts[i]);
-      } catch (const Error& e) {
-        throw bad_request(std::string(field) + "[" + std::to_string(i) + "]: " + e.what(), field);
-      }
-    }
-    if (static_cast<int64_t>(ids.size()) > limit) {
-      if (!truncate) throw bad_request(too_long(field, i, ids.size(), limit), field, "context_length_exceeded");
-      // A text keeps its closing <|endoftext|>: the model pools the last token.
-      const int32_t last = ids.back();
-      ids.resize(static_cast<size_t>(limit));
-      if (!inputs.is_tokens) ids.back() = last;
+    try {
+      out[i] = inputs.is_tokens ? token_input(std::move(inputs.token_ids[i]), policy)
+                                : text_input(engine.tokenizer(), inputs.texts[i], policy);
+    } catch (const InputTooLong& e) {
+      throw bad_request(std::string(field) + "[" + std::to_string(i) + "]: " + e.what(), field,
+                        "context_length_exceeded");
+    } catch (const Error& e) {
+      throw bad_request(std::string(field) + "[" + std::to_string(i) + "]: " + e.what(), field);
     }
   }
   return out;
 }
 
 void check_dimensions(const Engine& engine, int dimensions) {
-  const int64_t hidden = engine.config().hidden_size;
-  if (dimensions != 0 && (dimensions < 32 || dimensions > hidden)) {
-    throw bad_request("dimensions must be between 32 and the model's " + std::to_string(hidden) + ", got " +
-                          std::to_string(dimensions),
-                      "dimensions");
+  try {
+    ember::check_dimensions(dimensions, engine.config().hidden_size);
+  } catch (const Error& e) {
+    throw bad_request(e.what(), "dimensions");
   }
 }
 
@@ -93,11 +78,12 @@ std::string write_answer(const EmbeddingAnswer& answer, std::vector<std::vector<
   return write_openai_embeddings(pooled, answer.base64, answer.model, tokens);
 }
 
-void embed(const RouteContext& ctx, const ExchangePtr& ex, const EmbeddingInputs& inputs, bool truncate,
+void embed(const RouteContext& ctx, const ExchangePtr& ex, EmbeddingInputs& inputs, bool truncate,
            EmbeddingAnswer answer) {
   const auto engine = ready_engine(ctx);
   check_dimensions(*engine, answer.dimensions);
   EmbeddingJob job;
+  job.abandoned = ex->abandoned_flag();
   job.sequences =
       sequences_of(ctx, *engine, inputs, truncate, answer.format == EmbeddingAnswer::Format::Tei ? "inputs" : "input");
   int64_t tokens = 0;
@@ -119,7 +105,7 @@ void embed(const RouteContext& ctx, const ExchangePtr& ex, const EmbeddingInputs
       }
     });
   };
-  ctx.batcher.submit(std::move(job));
+  ctx.batcher.submit(std::move(job), ex->take_admission());
 }
 
 }  // namespace

@@ -16,6 +16,11 @@ int io_thread_count(int requested) {
   return std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
 }
 
+int work_thread_count(int requested) {
+  if (requested > 0) return requested;
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+}
+
 }  // namespace
 
 std::string default_served_name(const std::string& model) {
@@ -33,14 +38,25 @@ EmbeddingServer::EmbeddingServer(ServeOptions options, ServerLog log)
       log_(std::move(log)),
       slot_(
           options_.served_model_name.empty() ? default_served_name(options_.engine.model) : options_.served_model_name,
-          options_.engine) {
+          options_.engine),
+      work_(static_cast<size_t>(work_thread_count(options_.work_threads))) {
   options_.batch.max_batch_tokens = options_.engine.max_batch_tokens;
   batcher_ = std::make_unique<TokenBudgetBatcher>(slot_, metrics_, options_.batch);
-  router_ = std::make_unique<Router>(
-      RouteContext{slot_, *batcher_, metrics_, options_, log_, io_, std::chrono::system_clock::now()});
+  router_ = std::make_unique<Router>(RouteContext{slot_, *batcher_, metrics_, options_, log_, io_, work_,
+                                                  std::chrono::system_clock::now(),
+                                                  [this] { return http_ ? http_->open_connections() : 0; }});
+  HttpHooks hooks;
+  hooks.on_error = [](int status, const std::string& message) { return error_response(ApiError(status, message), 11); };
+  hooks.check_header = [this](const boost::beast::http::request_header<>& head) { return router_->check_header(head); };
+  hooks.observe = [this](HttpEvent event, int status, const std::string& detail) {
+    observe_http(event, status, detail);
+  };
   http_ = std::make_unique<HttpServer>(
-      io_, options_.http, [this](HttpRequest&& req, Respond respond) { router_->handle(std::move(req), respond); },
-      [](int status, const std::string& message) { return error_response(ApiError(status, message), 11); });
+      io_, options_.http,
+      [this](HttpRequest&& req, Respond respond, RequestContext context) {
+        router_->handle(std::move(req), std::move(respond), std::move(context));
+      },
+      std::move(hooks));
 }
 
 EmbeddingServer::~EmbeddingServer() {
@@ -48,6 +64,7 @@ EmbeddingServer::~EmbeddingServer() {
     io_.stop();
     for (auto& t : io_threads_) t.join();
   }
+  work_.join();
 }
 
 void EmbeddingServer::start(int listening_fd) {
@@ -76,6 +93,23 @@ void EmbeddingServer::start(int listening_fd) {
 
 uint16_t EmbeddingServer::port() const { return http_->port(); }
 
+void EmbeddingServer::observe_http(HttpEvent event, int status, const std::string& detail) {
+  switch (event) {
+    case HttpEvent::Refused:
+      metrics_.observe_http_refusal(status);
+      log_.event(LogLevel::Info, fmt::format("refused a request: {} {}", status, detail));
+      break;
+    case HttpEvent::ReadTimeout:
+      metrics_.observe_read_timeout();
+      log_.event(LogLevel::Info, "closed a connection: " + detail);
+      break;
+    case HttpEvent::AcceptFailed:
+      metrics_.observe_accept_failure();
+      log_.event(LogLevel::Warning, "cannot accept connections: " + detail + " (retrying every 50 ms)");
+      break;
+  }
+}
+
 void EmbeddingServer::request_stop() {
   {
     std::lock_guard lock(stop_mutex_);
@@ -93,19 +127,32 @@ bool EmbeddingServer::wait() {
   log_.event(LogLevel::Info, fmt::format("stopping: no new connections; {} requests in flight", in_flight));
   http_->stop();
   const bool was_ready = slot_.begin_drain();
+  const auto deadline = std::chrono::steady_clock::now() + options_.drain_timeout;
   const bool answered = batcher_->drain(options_.drain_timeout);
   if (!answered) {
-    log_.event(LogLevel::Warning, fmt::format("drain timeout ({} ms) passed with {} requests unanswered",
+    log_.event(LogLevel::Warning, fmt::format("drain timeout ({} ms) passed with {} requests unanswered: "
+                                              "answering them 503",
                                               options_.drain_timeout.count(), batcher_->load().requests_in_flight));
+    http_->answer_pending([] {
+      ApiError e = unavailable("the server is stopping and could not finish this request in its drain timeout", 1);
+      return error_response(e, 11);
+    });
   }
-  wait_for_connections_to_close(std::chrono::seconds(5));
+  // Time for the last answers to be written; never much past the drain timeout.
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+  wait_for_connections_to_close(std::max(left, std::chrono::milliseconds(500)));
   io_.stop();
   for (auto& t : io_threads_) t.join();
   io_threads_.clear();
+  if (!answered) {
+    // A forward pass may still run; waiting for it would overrun the drain timeout.
+    log_.event(LogLevel::Info, "stopped (a forward pass was still running)");
+    return false;
+  }
   batcher_.reset();
   if (was_ready) slot_.finish_drain();
   log_.event(LogLevel::Info, "stopped");
-  return answered;
+  return true;
 }
 
 void EmbeddingServer::wait_for_connections_to_close(std::chrono::milliseconds timeout) {

@@ -2,6 +2,7 @@
 // `ember serve` as a library object: the model slot, the scheduler, the routes and the HTTP server,
 // started and stopped in the right order. The CLI owns signals and printing.
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -33,20 +34,23 @@ class EmbeddingServer {
   // Asks wait() to drain and return. Safe from any thread (not from a signal handler).
   void request_stop();
   // Blocks until request_stop(), then stops accepting, lets requests in flight finish (at most
-  // --drain-timeout), closes connections and unloads the model. Returns true when no accepted
-  // request went unanswered.
+  // --drain-timeout; what is left then is answered 503), closes connections and unloads the model.
+  // Returns true when every accepted request was answered by its handler; false means work may still
+  // be running and the caller should exit the process rather than destroy the server.
   bool wait();
 
   ModelSlot& slot() { return slot_; }
 
  private:
   void wait_for_connections_to_close(std::chrono::milliseconds timeout);
+  void observe_http(HttpEvent event, int status, const std::string& detail);
 
   ServeOptions options_;
   ServerLog log_;
   ServerMetrics metrics_;
   ModelSlot slot_;
   boost::asio::io_context io_;
+  boost::asio::thread_pool work_;  // parsing and tokenizing of work routes
   std::unique_ptr<TokenBudgetBatcher> batcher_;
   std::unique_ptr<Router> router_;
   std::unique_ptr<HttpServer> http_;

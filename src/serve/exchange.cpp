@@ -1,5 +1,7 @@
 #include "serve/exchange.h"
 
+#include "serve/http_framing.h"
+
 namespace ember::serve {
 
 namespace http = boost::beast::http;
@@ -15,16 +17,28 @@ HttpResponse error_response(const ApiError& error, unsigned version) {
   return res;
 }
 
-Exchange::Exchange(const HttpRequest& request, std::string route, Respond respond, ServerMetrics& metrics,
-                   const ServerLog& log)
+Exchange::Exchange(const http::request_header<>& request, std::string route, Respond respond, ServerMetrics& metrics,
+                   const ServerLog& log, RequestContext context)
     : version_(request.version()),
       respond_(std::move(respond)),
       metrics_(metrics),
       log_(log),
+      context_(std::move(context)),
       start_(std::chrono::steady_clock::now()) {
-  record_.method = std::string(request.method_string());
-  record_.target = std::string(request.target());
+  // A 10 KB method or 60 KB path is not copied into every log line.
+  record_.method = quoted_prefix(request.method_string(), 40);
+  record_.target = quoted_prefix(request.target());
   record_.route = std::move(route);
+}
+
+void Exchange::drop() {
+  record_.status = kClientClosedRequest;
+  record_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  record_.error = "the client closed the connection before the answer";
+  admission_.release();
+  metrics_.observe_request(record_.route, record_.status, record_.seconds);
+  if (log_.request) log_.request(record_);
+  respond_ = nullptr;
 }
 
 void Exchange::reply(int status, std::string body, const char* content_type) {
@@ -43,6 +57,9 @@ void Exchange::set_work(int64_t inputs, int64_t tokens) {
 }
 
 void Exchange::send(HttpResponse response, const std::string& error) {
+  if (!respond_) return;  // dropped
+  if (abandoned()) return drop();
+  admission_.release();  // before the client can have the answer and send its next request
   record_.status = static_cast<int>(response.result_int());
   record_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   record_.error = error;

@@ -13,16 +13,27 @@
 
 namespace ember::serve {
 
+// nginx's status for a request whose client closed the connection before the answer.
+constexpr int kClientClosedRequest = 499;
+
 class Exchange {
  public:
-  Exchange(const HttpRequest& request, std::string route, Respond respond, ServerMetrics& metrics,
-           const ServerLog& log);
+  Exchange(const boost::beast::http::request_header<>& request, std::string route, Respond respond,
+           ServerMetrics& metrics, const ServerLog& log, RequestContext context = {});
 
   void reply(int status, std::string body, const char* content_type = "application/json");
   void fail(const ApiError& error);
   // Inputs and tokens of an embedding or tokenize request, for the log and the metrics.
   void set_work(int64_t inputs, int64_t tokens);
   const std::string& route() const { return record_.route; }
+  // Whether the client has left: its work may be dropped, and it is answered 499 (logged, counted).
+  bool abandoned() const { return context_.abandoned && context_.abandoned->load(); }
+  const std::shared_ptr<const std::atomic<bool>>& abandoned_flag() const { return context_.abandoned; }
+  // Records the request as abandoned (499, as nginx logs it) without sending anything.
+  void drop();
+  // The request's slot among --max-concurrent-requests: held until it is answered or taken.
+  void hold(Admission admission) { admission_ = std::move(admission); }
+  Admission take_admission() { return std::move(admission_); }
 
  private:
   void send(HttpResponse response, const std::string& error);
@@ -31,6 +42,8 @@ class Exchange {
   Respond respond_;
   ServerMetrics& metrics_;
   const ServerLog& log_;
+  RequestContext context_;
+  Admission admission_;
   RequestRecord record_;
   std::chrono::steady_clock::time_point start_;
 };

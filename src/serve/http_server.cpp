@@ -8,9 +8,11 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
+#include <cerrno>
 #include <optional>
 
 #include "ember/error.h"
+#include "serve/http_framing.h"
 
 namespace ember::serve {
 
@@ -23,13 +25,45 @@ using tcp = asio::ip::tcp;
 struct SessionContext {
   HttpServerOptions options;
   Handler handler;
-  ErrorResponder on_error;
+  HttpHooks hooks;
+  mutable std::atomic<size_t> sessions{0};  // live Session objects
+
+  void observe(HttpEvent event, int status, const std::string& detail) const {
+    if (hooks.observe) hooks.observe(event, status, detail);
+  }
 };
 
 class HttpServer::Session : public std::enable_shared_from_this<HttpServer::Session> {
  public:
   Session(tcp::socket&& socket, std::shared_ptr<const SessionContext> context)
-      : stream_(std::move(socket)), context_(std::move(context)) {}
+      : stream_(std::move(socket)), context_(std::move(context)) {
+    context_->sessions.fetch_add(1);
+  }
+  ~Session() { context_->sessions.fetch_sub(1); }
+
+  // From any thread: answers the request being handled, if it has no answer yet.
+  void answer_pending(std::function<HttpResponse()> make_response) {
+    asio::post(stream_.get_executor(), [self = shared_from_this(), make_response = std::move(make_response)] {
+      if (!self->answered_ || self->answered_->exchange(true)) return;
+      self->keep_alive_ = false;
+      self->write(make_response());
+    });
+  }
+
+  // Answers 503 at once and closes: the server holds max_connections already.
+  void refuse() {
+    asio::dispatch(stream_.get_executor(), [self = shared_from_this()] {
+      HttpResponse res = self->context_->hooks.on_error(
+          503, "the server has its maximum of " + std::to_string(self->context_->options.max_connections) +
+                   " connections open; retry shortly");
+      res.set(http::field::retry_after, "1");
+      self->context_->observe(HttpEvent::Refused, 503, "connection limit");
+      self->busy_ = true;
+      self->keep_alive_ = false;
+      self->unread_request_ = true;
+      self->write(std::move(res));
+    });
+  }
 
   void start() {
     asio::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read_header(); });
@@ -59,6 +93,16 @@ class HttpServer::Session : public std::enable_shared_from_this<HttpServer::Sess
     busy_ = true;
     stream_.expires_after(context_->options.read_timeout);
     const auto& req = parser_->get();
+    if (auto why = framing_error(req, parser_->chunked())) return reject(400, "malformed HTTP request: " + *why);
+    if (context_->hooks.check_header) {
+      if (auto early = context_->hooks.check_header(req)) {
+        // Answered from the head alone: a body still to come is never read, so the connection closes.
+        keep_alive_ = req.keep_alive() && parser_->is_done();
+        unread_request_ = !parser_->is_done();
+        head_ = req.method() == http::verb::head;
+        return write(std::move(*early));
+      }
+    }
     if (beast::iequals(req[http::field::expect], "100-continue") && !parser_->is_done()) {
       // Clients such as curl wait for this before sending a large body.
       auto interim = std::make_shared<http::response<http::empty_body>>(http::status::continue_, req.version());
@@ -77,6 +121,9 @@ class HttpServer::Session : public std::enable_shared_from_this<HttpServer::Sess
   }
 
   void on_read_error(beast::error_code ec) {
+    if (ec == beast::error::timeout && (busy_ || buffer_.size() > 0 || (parser_ && parser_->got_some()))) {
+      context_->observe(HttpEvent::ReadTimeout, 0, "no complete request within the read timeout");
+    }
     if (ec == http::error::body_limit) {
       return reject(413, "the request body is larger than the server's limit of " +
                              std::to_string(context_->options.body_limit) + " bytes");
@@ -93,7 +140,8 @@ class HttpServer::Session : public std::enable_shared_from_this<HttpServer::Sess
     busy_ = true;
     keep_alive_ = false;
     unread_request_ = true;
-    write(context_->on_error(status, message));
+    context_->observe(HttpEvent::Refused, status, message);
+    write(context_->hooks.on_error(status, message));
   }
 
   void on_request(beast::error_code ec) {
@@ -101,22 +149,54 @@ class HttpServer::Session : public std::enable_shared_from_this<HttpServer::Sess
     stream_.expires_never();  // the handler's own limits bound the wait; the response gets a timeout
     HttpRequest req = parser_->release();
     keep_alive_ = req.keep_alive();
+    head_ = req.method() == http::verb::head;
     served_any_ = true;
+    abandoned_ = std::make_shared<std::atomic<bool>>(false);
+    watch();
     auto answered = std::make_shared<std::atomic<bool>>(false);
+    answered_ = answered;
     Respond respond = [self = shared_from_this(), answered](HttpResponse res) {
       if (answered->exchange(true)) return;
       asio::post(self->stream_.get_executor(), [self, res = std::move(res)]() mutable { self->write(std::move(res)); });
     };
     try {
-      context_->handler(std::move(req), respond);
+      context_->handler(std::move(req), respond, RequestContext{abandoned_});
     } catch (const std::exception& e) {
-      respond(context_->on_error(500, std::string("internal error: ") + e.what()));
+      respond(context_->hooks.on_error(500, std::string("internal error: ") + e.what()));
     }
   }
 
+  // While a request is handled, waits for the socket to become readable: end of stream or a reset
+  // means the client left (nginx's 499); bytes mean a pipelined request, left for read_header().
+  void watch() {
+    watching_ = true;
+    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
+      if (ec || !self->watching_) return;
+      self->watching_ = false;
+      char byte;
+      const ssize_t n = ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        self->abandoned_->store(true);
+      }
+    });
+  }
+
   void write(HttpResponse res) {
+    answered_.reset();
+    if (watching_) {
+      watching_ = false;
+      beast::error_code ignored;
+      stream_.socket().cancel(ignored);
+    }
     res.keep_alive(keep_alive_ && !stopping_);
-    res.prepare_payload();
+    if (head_) {
+      // HEAD: the headers a GET would get, Content-Length included, and no body.
+      const size_t length = res.body().size();
+      res.body().clear();
+      res.content_length(length);
+    } else {
+      res.prepare_payload();
+    }
     response_ = std::make_shared<HttpResponse>(std::move(res));
     stream_.expires_after(context_->options.write_timeout);
     http::async_write(stream_, *response_, [self = shared_from_this()](beast::error_code ec, size_t) {
@@ -160,17 +240,21 @@ class HttpServer::Session : public std::enable_shared_from_this<HttpServer::Sess
   static constexpr size_t kMaxDiscardBytes = size_t{256} << 20;
   std::array<char, 16384> discard_;
   size_t discarded_ = 0;
-  bool unread_request_ = false;  // the last request was answered before it was read in full
+  bool unread_request_ = false;                  // the last request was answered before it was read in full
+  bool head_ = false;                            // the request being answered is a HEAD
+  bool watching_ = false;                        // watch() waits for the client to leave
+  std::shared_ptr<std::atomic<bool>> answered_;  // the request being handled; set once it is answered
+  std::shared_ptr<std::atomic<bool>> abandoned_ = std::make_shared<std::atomic<bool>>(false);
   bool keep_alive_ = true;
   bool busy_ = false;  // a request is being read, handled or answered
   bool stopping_ = false;
   bool served_any_ = false;
 };
 
-HttpServer::HttpServer(asio::io_context& io, HttpServerOptions options, Handler handler, ErrorResponder on_error)
+HttpServer::HttpServer(asio::io_context& io, HttpServerOptions options, Handler handler, HttpHooks hooks)
     : io_(io),
       options_(std::move(options)),
-      context_(std::make_shared<SessionContext>(SessionContext{options_, std::move(handler), std::move(on_error)})),
+      context_(std::make_shared<SessionContext>(options_, std::move(handler), std::move(hooks))),
       acceptor_(asio::make_strand(io)),
       retry_timer_(acceptor_.get_executor()) {}
 
@@ -213,8 +297,16 @@ void HttpServer::accept() {
     if (ec == asio::error::operation_aborted) return;
     if (!ec) {
       auto session = std::make_shared<Session>(std::move(socket), context_);
-      track(session);
-      session->start();
+      if (context_->sessions.load() > options_.max_connections) {
+        session->refuse();
+      } else {
+        track(session);
+        session->start();
+      }
+      accept_failing_ = false;
+    } else if (!accept_failing_) {
+      accept_failing_ = true;  // reported once per run of failures, not every 50 ms
+      context_->observe(HttpEvent::AcceptFailed, 0, ec.message());
     }
     std::lock_guard lock(sessions_mutex_);
     if (stopped_) return;
@@ -252,11 +344,17 @@ void HttpServer::stop() {
   for (const auto& s : live) s->stop();
 }
 
-size_t HttpServer::open_connections() const {
-  std::lock_guard lock(sessions_mutex_);
-  size_t n = 0;
-  for (const auto& s : sessions_) n += s.expired() ? 0 : 1;
-  return n;
+size_t HttpServer::open_connections() const { return context_->sessions.load(); }
+
+void HttpServer::answer_pending(const std::function<HttpResponse()>& make_response) {
+  std::vector<std::shared_ptr<Session>> live;
+  {
+    std::lock_guard lock(sessions_mutex_);
+    for (const auto& weak : sessions_) {
+      if (auto s = weak.lock()) live.push_back(std::move(s));
+    }
+  }
+  for (const auto& s : live) s->answer_pending(make_response);
 }
 
 }  // namespace ember::serve

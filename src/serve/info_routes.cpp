@@ -1,6 +1,7 @@
 // GET /health, /info, /v1/models, /metrics. None of them counts as activity (see Router).
 #include <nlohmann/json.hpp>
 
+#include "serve/process_memory.h"
 #include "serve/routes.h"
 
 namespace ember::serve {
@@ -64,6 +65,8 @@ void get_metrics(const RouteContext& ctx, const HttpRequest&, const ExchangePtr&
   g.queued_tokens = load.queued_tokens;
   g.requests_in_flight = load.requests_in_flight;
   g.model_state = std::string(to_string(ctx.slot.state()));
+  g.open_connections = ctx.open_connections ? static_cast<int64_t>(ctx.open_connections()) : 0;
+  g.resident_memory_bytes = resident_memory_bytes();
   if (const auto facts = ctx.slot.facts(); facts && g.model_state != "unloaded") {
     g.model_memory_bytes = facts->device_memory_bytes;
   }

@@ -80,6 +80,27 @@ void ServerMetrics::observe_queue_wait(double seconds) {
   queue_wait_.observe(seconds);
 }
 
+void ServerMetrics::observe_abandoned(int64_t sequences_dropped) {
+  std::lock_guard lock(mutex_);
+  ++abandoned_requests_;
+  abandoned_sequences_ += static_cast<uint64_t>(sequences_dropped);
+}
+
+void ServerMetrics::observe_http_refusal(int status) {
+  std::lock_guard lock(mutex_);
+  ++http_refusals_[status];
+}
+
+void ServerMetrics::observe_read_timeout() {
+  std::lock_guard lock(mutex_);
+  ++read_timeouts_;
+}
+
+void ServerMetrics::observe_accept_failure() {
+  std::lock_guard lock(mutex_);
+  ++accept_failures_;
+}
+
 std::string ServerMetrics::render(const Gauges& g) const {
   std::string out;
   out.reserve(8192);
@@ -92,6 +113,27 @@ std::string ServerMetrics::render(const Gauges& g) const {
   }
   header(out, "ember_request_duration_seconds", "histogram", "Time from a request's arrival to its response.");
   for (const auto& [route, h] : latency_) h.render(out, "ember_request_duration_seconds", "route=\"" + route + "\"");
+
+  header(out, "ember_http_refused_total", "counter",
+         "Requests the HTTP layer answered itself, by status: 400 bad framing, 413 body too large, 431 headers "
+         "too large, 503 over --max-connections.");
+  for (const int status : {400, 413, 431, 503}) {
+    const auto found = http_refusals_.find(status);
+    fmt::format_to(it, "ember_http_refused_total{{status=\"{}\"}} {}\n", status,
+                   found == http_refusals_.end() ? 0 : found->second);
+  }
+  header(out, "ember_http_read_timeouts_total", "counter", "Requests not completed within the read timeout.");
+  fmt::format_to(it, "ember_http_read_timeouts_total {}\n", read_timeouts_);
+  header(out, "ember_http_accept_failures_total", "counter",
+         "Runs of failed accept() calls (out of file descriptors, say).");
+  fmt::format_to(it, "ember_http_accept_failures_total {}\n", accept_failures_);
+  header(out, "ember_http_connections", "gauge", "Open HTTP connections.");
+  fmt::format_to(it, "ember_http_connections {}\n", g.open_connections);
+  header(out, "ember_abandoned_requests_total", "counter",
+         "Requests whose client closed the connection while they were queued (answered 499, not computed).");
+  fmt::format_to(it, "ember_abandoned_requests_total {}\n", abandoned_requests_);
+  header(out, "ember_abandoned_sequences_total", "counter", "Queued sequences dropped because their client left.");
+  fmt::format_to(it, "ember_abandoned_sequences_total {}\n", abandoned_sequences_);
 
   header(out, "ember_inputs_total", "counter", "Inputs (texts or token sequences) accepted for embedding.");
   fmt::format_to(it, "ember_inputs_total {}\n", inputs_);
@@ -117,6 +159,8 @@ std::string ServerMetrics::render(const Gauges& g) const {
   fmt::format_to(it, "ember_requests_in_flight {}\n", g.requests_in_flight);
   header(out, "ember_model_memory_bytes", "gauge", "Accelerator memory held by the model (weights and workspace).");
   fmt::format_to(it, "ember_model_memory_bytes {}\n", g.model_memory_bytes);
+  header(out, "ember_process_resident_memory_bytes", "gauge", "Resident memory of the server process (RSS).");
+  fmt::format_to(it, "ember_process_resident_memory_bytes {}\n", g.resident_memory_bytes);
   header(out, "ember_model_state", "gauge", "1 for the model's current life-cycle state.");
   for (const char* s : {"unloaded", "loading", "ready", "draining", "failed"}) {
     fmt::format_to(it, "ember_model_state{{state=\"{}\"}} {}\n", s, g.model_state == s ? 1 : 0);

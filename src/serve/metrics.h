@@ -37,6 +37,13 @@ class ServerMetrics {
   void observe_batch(int64_t sequences, int64_t tokens, double seconds);
   // Time a sequence spent queued before its batch started.
   void observe_queue_wait(double seconds);
+  // A request whose client left while it was queued: its sequences not yet computed were dropped.
+  void observe_abandoned(int64_t sequences_dropped);
+  // The HTTP layer's own refusals (framing 400, 413, 431, 503 at the connection limit), read
+  // timeouts and accept failures.
+  void observe_http_refusal(int status);
+  void observe_read_timeout();
+  void observe_accept_failure();
 
   // Point-in-time values read when /metrics is rendered.
   struct Gauges {
@@ -44,7 +51,9 @@ class ServerMetrics {
     int64_t queued_tokens = 0;
     int64_t requests_in_flight = 0;
     int64_t model_memory_bytes = 0;
-    std::string model_state;  // "ready", "loading", ...
+    int64_t open_connections = 0;
+    int64_t resident_memory_bytes = 0;  // the process's RSS
+    std::string model_state;            // "ready", "loading", ...
   };
   std::string render(const Gauges& gauges) const;
 
@@ -55,6 +64,11 @@ class ServerMetrics {
   uint64_t inputs_ = 0;
   uint64_t input_tokens_ = 0;
   uint64_t batches_ = 0;
+  uint64_t abandoned_requests_ = 0;
+  uint64_t abandoned_sequences_ = 0;
+  std::map<int, uint64_t> http_refusals_;
+  uint64_t read_timeouts_ = 0;
+  uint64_t accept_failures_ = 0;
   Histogram batch_sequences_;
   Histogram batch_tokens_;
   Histogram batch_seconds_;

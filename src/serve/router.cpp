@@ -1,6 +1,8 @@
+#include <boost/asio/post.hpp>
 #include <exception>
 
 #include "ember/error.h"
+#include "serve/http_framing.h"
 #include "serve/routes.h"
 
 namespace ember::serve {
@@ -11,7 +13,12 @@ namespace {
 
 std::string_view path_of(std::string_view target) { return target.substr(0, target.find('?')); }
 
-bool authorized(const HttpRequest& req, const std::string& key) {
+ApiError missing_key() {
+  return ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                  "authentication_error", "", "invalid_api_key");
+}
+
+bool authorized(const http::request_header<>& req, const std::string& key) {
   const std::string_view header = req[http::field::authorization];
   constexpr std::string_view kBearer = "Bearer ";
   if (header.size() != kBearer.size() + key.size()) return false;
@@ -38,34 +45,64 @@ Router::Router(RouteContext ctx) : ctx_(ctx) {
   };
 }
 
-void Router::handle(HttpRequest&& req, Respond respond) {
-  const std::string_view path = path_of(req.target());
+const Router::Route* Router::find(std::string_view path, http::verb method, std::string* allow) const {
   const Route* match = nullptr;
-  std::string allow;
   for (const auto& r : routes_) {
     if (r.path != path) continue;
-    if (r.method == req.method()) {
-      match = &r;
-      break;
+    if (r.method == method || (method == http::verb::head && r.method == http::verb::get)) match = &r;
+    if (allow) {
+      *allow += (allow->empty() ? "" : ", ") + std::string(http::to_string(r.method));
+      if (r.method == http::verb::get) *allow += ", HEAD";
     }
-    allow += (allow.empty() ? "" : ", ") + std::string(http::to_string(r.method));
   }
-  auto ex = std::make_shared<Exchange>(req, match ? match->path : (allow.empty() ? "other" : std::string(path)),
-                                       std::move(respond), ctx_.metrics, ctx_.log);
+  return match;
+}
+
+std::optional<HttpResponse> Router::check_header(const http::request_header<>& head) const {
+  if (ctx_.options.api_key.empty()) return std::nullopt;
+  const Route* match = find(path_of(head.target()), head.method(), nullptr);
+  if (!match || match->open || authorized(head, ctx_.options.api_key)) return std::nullopt;
+  // Counted and logged like any answered request.
+  std::optional<HttpResponse> out;
+  Exchange(
+      head, match->path, [&out](HttpResponse res) { out = std::move(res); }, ctx_.metrics, ctx_.log)
+      .fail(missing_key());
+  return out;
+}
+
+void Router::handle(HttpRequest&& req, Respond respond, RequestContext request_context) {
+  const std::string_view path = path_of(req.target());
+  std::string allow;
+  const Route* match = find(path, req.method(), &allow);
+  auto ex = std::make_shared<Exchange>(req, match ? match->path : (allow.empty() ? "other" : quoted_prefix(path)),
+                                       std::move(respond), ctx_.metrics, ctx_.log, std::move(request_context));
   if (!match) {
-    if (allow.empty()) return ex->fail(ApiError(404, "no route for " + std::string(path), "not_found_error"));
-    ApiError e(405, std::string(req.method_string()) + " is not allowed on " + std::string(path) + "; use " + allow,
+    if (allow.empty()) return ex->fail(ApiError(404, "no route for " + quoted_prefix(path), "not_found_error"));
+    ApiError e(405,
+               quoted_prefix(req.method_string(), 40) + " is not allowed on " + quoted_prefix(path) + "; use " + allow,
                "invalid_request_error", "", "method_not_allowed");
     e.allow = allow;
     return ex->fail(e);
   }
   if (!match->open && !ctx_.options.api_key.empty() && !authorized(req, ctx_.options.api_key)) {
-    return ex->fail(ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-                             "authentication_error", "", "invalid_api_key"));
+    return ex->fail(missing_key());
   }
-  if (match->counts_activity) ctx_.slot.note_activity();
+  if (!match->counts_activity) return run(match->fn, ctx_, req, ex);
+  ctx_.slot.note_activity();
   try {
-    match->fn(ctx_, req, ex);
+    ex->hold(ctx_.batcher.admit());
+  } catch (const ApiError& e) {
+    return ex->fail(e);
+  }
+  boost::asio::post(ctx_.work, [ctx = &ctx_, fn = match->fn, req = std::move(req), ex] {
+    if (ex->abandoned()) return ex->drop();  // left while waiting for a worker: nothing to compute
+    run(fn, *ctx, req, ex);
+  });
+}
+
+void Router::run(RouteFn fn, const RouteContext& ctx, const HttpRequest& req, const ExchangePtr& ex) {
+  try {
+    fn(ctx, req, ex);
   } catch (const ApiError& e) {
     ex->fail(e);
   } catch (const Error& e) {

@@ -46,6 +46,7 @@ struct ServeOptions {
   std::string api_key;                             // non-empty: every route but /health and /metrics needs
                                                    // "Bearer <key>"
   int io_threads = 0;                              // 0: one per core, at least 2
+  int work_threads = 0;                            // parse + tokenize; 0: one per core
   std::chrono::milliseconds drain_timeout{30000};  // SIGTERM: time allowed for requests in flight
 };
 

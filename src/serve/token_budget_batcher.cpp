@@ -36,13 +36,45 @@ TokenBudgetBatcher::~TokenBudgetBatcher() {
   thread_.join();
 }
 
-void TokenBudgetBatcher::submit(EmbeddingJob job) {
+Admission& Admission::operator=(Admission&& other) noexcept {
+  if (this != &other) {
+    release();
+    batcher_ = std::exchange(other.batcher_, nullptr);
+  }
+  return *this;
+}
+
+void Admission::release() {
+  if (auto* b = std::exchange(batcher_, nullptr)) b->release_slot();
+}
+
+Admission TokenBudgetBatcher::admit() {
+  std::lock_guard lock(mutex_);
+  if (!accepting_) throw unavailable("the server is shutting down", 5);
+  if (in_flight_ >= limits_.max_queued_requests) {
+    throw overloaded("too many requests in flight (" + std::to_string(in_flight_) + "); retry shortly", 1);
+  }
+  ++in_flight_;
+  return Admission(this);
+}
+
+void TokenBudgetBatcher::release_slot() {
+  {
+    std::lock_guard lock(mutex_);
+    --in_flight_;
+  }
+  all_answered_.notify_all();
+}
+
+void TokenBudgetBatcher::submit(EmbeddingJob job, Admission admission) {
+  if (!admission) throw Error("an embedding job needs an admission");
   if (job.sequences.empty()) throw Error("an embedding job needs at least one sequence");
   int64_t tokens = 0;
   for (const auto& s : job.sequences) tokens += static_cast<int64_t>(s.size());
 
+  // An admitted request still runs while the model drains: it was accepted before the stop.
   const ModelState state = slot_.state();
-  if (state != ModelState::Ready) {
+  if (state != ModelState::Ready && state != ModelState::Draining) {
     throw unavailable(
         "model '" + slot_.served_name() + "' is " + std::string(to_string(state)) + ", not ready; retry shortly",
         state == ModelState::Loading ? 1 : 5);
@@ -55,10 +87,7 @@ void TokenBudgetBatcher::submit(EmbeddingJob job) {
   state_ptr->job = std::move(job);
   {
     std::lock_guard lock(mutex_);
-    if (!accepting_) throw unavailable("the server is shutting down", 5);
-    if (in_flight_ >= limits_.max_queued_requests) {
-      throw overloaded("too many requests in flight (" + std::to_string(in_flight_) + "); retry shortly", 1);
-    }
+    if (stopping_) throw unavailable("the server is shutting down", 5);
     // An idle queue admits any request that passed the per-request limits, however large.
     if (queued_tokens_ > 0 && queued_tokens_ + tokens > limits_.max_queued_tokens) {
       throw overloaded("the queue holds " + std::to_string(queued_tokens_) + " tokens, the limit is " +
@@ -67,7 +96,7 @@ void TokenBudgetBatcher::submit(EmbeddingJob job) {
     }
     for (size_t i = 0; i < count; ++i) queue_.push_back({state_ptr, i});
     queued_tokens_ += tokens;
-    ++in_flight_;
+    admission.batcher_ = nullptr;  // the slot is the job's now: finish() gives it back
   }
   work_ready_.notify_one();
 }
@@ -83,7 +112,8 @@ TokenBudgetBatcher::Load TokenBudgetBatcher::load() const {
   return {static_cast<int64_t>(queue_.size()), queued_tokens_, in_flight_};
 }
 
-std::vector<TokenBudgetBatcher::QueuedSequence> TokenBudgetBatcher::take_batch() {
+std::vector<TokenBudgetBatcher::QueuedSequence> TokenBudgetBatcher::take_batch(
+    std::vector<std::shared_ptr<JobState>>& abandoned) {
   std::vector<QueuedSequence> batch;
   std::deque<QueuedSequence> skipped;
   int64_t tokens = 0;
@@ -95,6 +125,11 @@ std::vector<TokenBudgetBatcher::QueuedSequence> TokenBudgetBatcher::take_batch()
     const auto length = static_cast<int64_t>(next.job->job.sequences[next.index].size());
     queued_tokens_ -= length;
     if (next.job->failed) continue;  // an earlier batch of this request failed; it has been answered
+    if (next.job->job.abandoned && next.job->job.abandoned->load()) {
+      next.job->failed = true;  // its other sequences are skipped as they come up
+      abandoned.push_back(std::move(next.job));
+      continue;
+    }
     if (batch.empty() || tokens + length <= limits_.max_batch_tokens) {
       tokens += length;
       batch.push_back(std::move(next));
@@ -110,13 +145,21 @@ std::vector<TokenBudgetBatcher::QueuedSequence> TokenBudgetBatcher::take_batch()
 }
 
 void TokenBudgetBatcher::run() {
+  const auto gone = std::make_exception_ptr(
+      ApiError(499, "the client closed the connection before the answer", "client_closed_request"));
   for (;;) {
     std::vector<QueuedSequence> batch;
+    std::vector<std::shared_ptr<JobState>> abandoned;
     {
       std::unique_lock lock(mutex_);
       work_ready_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
       if (stopping_) break;
-      batch = take_batch();
+      batch = take_batch(abandoned);
+    }
+    for (const auto& job : abandoned) {
+      metrics_.observe_abandoned(static_cast<int64_t>(job->remaining));
+      job->failed = false;  // finish() marks it failed again; it must still answer once
+      finish(*job, gone);
     }
     if (!batch.empty()) compute(batch);
   }

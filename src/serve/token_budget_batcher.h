@@ -7,6 +7,7 @@
 // the next batch, so nothing starves), runs the forward pass, and hands each finished request its
 // pooled states in input order. The scheduler thread only batches and computes: JSON writing and
 // socket work happen on the HTTP threads, so the GPU never waits on them.
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -16,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "serve/metrics.h"
@@ -35,7 +37,29 @@ struct BatchLimits {
 // only hand the result to another thread.
 struct EmbeddingJob {
   std::vector<std::vector<int32_t>> sequences;
+  // Set (from any thread) when nobody waits for the result any more, e.g. its client disconnected:
+  // sequences not yet in a batch are dropped and `done` gets ApiError 499.
+  std::shared_ptr<const std::atomic<bool>> abandoned;
   std::function<void(std::vector<std::vector<float>> pooled, std::exception_ptr error)> done;
+};
+
+class TokenBudgetBatcher;
+
+// One of --max-concurrent-requests' slots, held from a request's arrival (before its body is parsed
+// and tokenized) until it is answered; submit() hands it to the queued job. Move-only.
+class Admission {
+ public:
+  Admission() = default;
+  Admission(Admission&& other) noexcept : batcher_(std::exchange(other.batcher_, nullptr)) {}
+  Admission& operator=(Admission&& other) noexcept;
+  ~Admission() { release(); }
+  void release();
+  explicit operator bool() const { return batcher_ != nullptr; }
+
+ private:
+  friend class TokenBudgetBatcher;
+  explicit Admission(TokenBudgetBatcher* batcher) : batcher_(batcher) {}
+  TokenBudgetBatcher* batcher_ = nullptr;
 };
 
 class TokenBudgetBatcher {
@@ -45,9 +69,12 @@ class TokenBudgetBatcher {
   TokenBudgetBatcher(const TokenBudgetBatcher&) = delete;
   TokenBudgetBatcher& operator=(const TokenBudgetBatcher&) = delete;
 
-  // Queues a job. Throws ApiError: 429 when the request or token limits are reached, 503 when the
-  // model is not ready or the batcher no longer accepts work.
-  void submit(EmbeddingJob job);
+  // Takes a request slot. Throws ApiError: 429 when --max-concurrent-requests are in flight, 503
+  // when the batcher no longer accepts work.
+  Admission admit();
+  // Queues a job under its admission. Throws ApiError: 429 when the token limit is reached, 503 when
+  // the model is not ready or the batcher no longer accepts work.
+  void submit(EmbeddingJob job, Admission admission);
 
   // Stops accepting; already queued jobs still run. Then waits until every accepted job has been
   // answered or `timeout` passes. Returns true when nothing was left unanswered.
@@ -71,9 +98,12 @@ class TokenBudgetBatcher {
   using Clock = std::chrono::steady_clock;
 
   void run();
-  std::vector<QueuedSequence> take_batch();  // under mutex_
+  // Under mutex_. Jobs found abandoned are moved to `abandoned` for the caller to finish unlocked.
+  std::vector<QueuedSequence> take_batch(std::vector<std::shared_ptr<JobState>>& abandoned);
   void compute(std::vector<QueuedSequence>& batch);
   void finish(JobState& job, std::exception_ptr error);
+  void release_slot();  // one request fewer in flight
+  friend class Admission;
 
   ModelSlot& slot_;
   ServerMetrics& metrics_;

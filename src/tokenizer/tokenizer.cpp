@@ -6,6 +6,7 @@
 
 #include <array>
 #include <atomic>
+#include <cstdint>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -79,6 +80,10 @@ Scratch& thread_scratch(uint64_t owner) {
 
 std::atomic<uint64_t> next_generation{1};
 
+// Thrown out of the tokenizer's callbacks once enough ids are made (encode with a limit); caught
+// by the Tokenizer methods that take one.
+struct EnoughTokens {};
+
 }  // namespace
 
 struct Tokenizer::Impl {
@@ -94,27 +99,38 @@ struct Tokenizer::Impl {
   int32_t eos = -1;
   int64_t id_count = 0;
 
-  void encode_normalized(std::string_view text, Scratch& s, std::vector<int32_t>& ids) const {
+  // Stops (throws EnoughTokens) once `ids` holds `stop_at` ids or more.
+  void encode_normalized(std::string_view text, Scratch& s, std::vector<int32_t>& ids, size_t stop_at) const {
     tok::WordCache* cache = tok::word_cache_enabled().load(std::memory_order_relaxed) ? &s.cache : nullptr;
     const auto model = [&](std::string_view part) {
-      pre_tokenizer.for_each_piece(part, s.regex, [&](std::string_view word) { bpe.encode_word(word, ids, cache); });
+      pre_tokenizer.for_each_piece(part, s.regex, [&](std::string_view word) {
+        bpe.encode_word(word, ids, cache);
+        if (ids.size() >= stop_at) throw EnoughTokens{};
+      });
     };
     if (normalized_added.empty()) {
       model(text);
     } else {
-      normalized_added.split(text, model, [&](int32_t id) { ids.push_back(id); });
+      normalized_added.split(text, model, [&](int32_t id) {
+        ids.push_back(id);
+        if (ids.size() >= stop_at) throw EnoughTokens{};
+      });
     }
   }
 
-  void encode(std::string_view text, std::vector<int32_t>& ids) const {
+  void encode(std::string_view text, std::vector<int32_t>& ids, size_t stop_at = SIZE_MAX) const {
     if (const auto bad = tok::find_invalid_utf8(text)) {
       throw Error(fmt::format("text to tokenize is not valid UTF-8: byte 0x{:02X} at byte offset {}",
                               static_cast<unsigned char>(text[*bad]), *bad));
     }
     Scratch& s = thread_scratch(generation);
+    if (ids.size() >= stop_at) throw EnoughTokens{};
     raw_added.split(
-        text, [&](std::string_view part) { encode_normalized(normalizer.apply(part, s.normalized), s, ids); },
-        [&](int32_t id) { ids.push_back(id); });
+        text, [&](std::string_view part) { encode_normalized(normalizer.apply(part, s.normalized), s, ids, stop_at); },
+        [&](int32_t id) {
+          ids.push_back(id);
+          if (ids.size() >= stop_at) throw EnoughTokens{};
+        });
   }
 };
 
@@ -183,7 +199,8 @@ Tokenizer Tokenizer::from_files(const std::filesystem::path& tokenizer_json,
         if (t && *t == kEos) impl->eos = id;
       }
     }
-    if (impl->eos < 0) throw Error("no <|endoftext|> token among added_tokens or model.vocab (ember needs it as end of sequence)");
+    if (impl->eos < 0)
+      throw Error("no <|endoftext|> token among added_tokens or model.vocab (ember needs it as end of sequence)");
   } catch (const nlohmann::json::exception& e) {
     throw Error(tokenizer_json.string() + ": unexpected structure: " + e.what());
   } catch (const Error& e) {
@@ -197,6 +214,40 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
   ids.reserve(text.size() / 3 + 4);
   impl_->encode(text, ids);
   return ids;
+}
+
+Tokenizer::Limited Tokenizer::encode(std::string_view text, size_t max_tokens) const {
+  Limited out;
+  try {
+    impl_->encode(text, out.ids, max_tokens + 1);
+  } catch (const EnoughTokens&) {
+  }
+  out.over_limit = out.ids.size() > max_tokens;
+  if (out.over_limit) out.ids.resize(max_tokens);
+  return out;
+}
+
+Tokenizer::Limited Tokenizer::encode_for_model(std::string_view text, size_t max_tokens) const {
+  const tok::PostProcessor& post = impl_->post;
+  const std::vector<int32_t> suffix = post.adds_tokens() ? post.suffix : std::vector<int32_t>{impl_->eos};
+  Limited out;
+  out.ids = post.prefix;
+  // Enough text ids that prefix + text + suffix is known to pass max_tokens, if it does.
+  const size_t enough = max_tokens + 1 > suffix.size() ? max_tokens + 1 - suffix.size() : 0;
+  try {
+    impl_->encode(text, out.ids, enough);
+  } catch (const EnoughTokens&) {
+  }
+  out.ids.insert(out.ids.end(), suffix.begin(), suffix.end());
+  out.over_limit = out.ids.size() > max_tokens;
+  if (out.over_limit && max_tokens > 0) {
+    const int32_t last = out.ids.back();
+    out.ids.resize(max_tokens);
+    out.ids.back() = last;
+  } else if (out.over_limit) {
+    out.ids.clear();
+  }
+  return out;
 }
 
 std::vector<int32_t> Tokenizer::encode_for_model(std::string_view text) const {

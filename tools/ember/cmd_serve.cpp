@@ -23,7 +23,7 @@ struct ServeFlags {
   int64_t max_client_batch_size = 2048;
   int64_t max_concurrent_requests = 512;
   int64_t max_queued_tokens = 0;  // 0: 64 batches' worth
-  int64_t body_limit_mb = 64;
+  int64_t body_limit_mb = static_cast<int64_t>(serve::HttpServerOptions{}.body_limit >> 20);
   int64_t drain_timeout_s = 30;
   bool disable_log_requests = false;
   bool api_key_given = false;
@@ -86,7 +86,11 @@ void run_serve(ServeFlags& flags) {
   });
   signal_thread.detach();
   server.start(activated_socket());
-  server.wait();
+  if (!server.wait()) {
+    // The drain timeout passed with a forward pass still running: its requests were answered 503;
+    // exit now instead of waiting for the pass (the kernel frees what the process holds).
+    std::_Exit(0);
+  }
 }
 
 }  // namespace
