@@ -14,6 +14,9 @@ namespace ember::serve {
 struct RequestLimits {
   size_t max_inputs = 2048;  // --max-client-batch-size: inputs in one request
   int max_json_depth = 64;   // deeper nesting is rejected while parsing, before it is built
+  // POST /tokenize: tokens in one answer, all texts together (each token is ~50 bytes of JSON, so
+  // the answer stays under ~13 MB); tokenizing stops once it is passed.
+  size_t max_tokenize_tokens = size_t{1} << 18;
 };
 
 // `input` as a client sent it: texts, or token-id sequences (OpenAI allows both; never mixed).

@@ -6,11 +6,16 @@
 #include "ember/error.h"
 #include "ember/input_policy.h"
 #include "model/pooling.h"
+#include "serve/process_memory.h"
 #include "serve/routes.h"
 
 namespace ember::serve {
 
 namespace {
+
+// After a request this large, freed heap is handed back to the system (its texts, ids and JSON
+// easily take hundreds of MB, which glibc would otherwise keep).
+constexpr int64_t kLargeRequestTokens = 1 << 16;
 
 // How a request wants its embeddings finished and written.
 struct EmbeddingAnswer {
@@ -103,6 +108,9 @@ void embed(const RouteContext& ctx, const ExchangePtr& ex, EmbeddingInputs& inpu
       } catch (const std::exception& e) {
         ex->fail(ApiError(500, std::string("internal error: ") + e.what(), "server_error"));
       }
+      pooled.clear();
+      pooled.shrink_to_fit();
+      if (tokens > kLargeRequestTokens) release_free_memory();
     });
   };
   ctx.batcher.submit(std::move(job), ex->take_admission());
@@ -132,23 +140,35 @@ void post_tokenize(const RouteContext& ctx, const HttpRequest& req, const Exchan
   const auto engine = ready_engine(ctx);
   const Tokenizer& tokenizer = engine->tokenizer();
   std::vector<std::vector<TokenView>> out(r.texts.size());
-  int64_t tokens = 0;
+  const size_t per_text = static_cast<size_t>(input_policy(ctx, *engine, false).max_tokens);
+  const size_t budget = ctx.options.request.max_tokenize_tokens;
+  size_t tokens = 0;
   for (size_t i = 0; i < r.texts.size(); ++i) {
-    std::vector<int32_t> ids;
+    const size_t limit = std::min(per_text, budget - tokens);
+    Tokenizer::Limited limited;
     try {
-      ids = r.add_special_tokens ? tokenizer.encode_for_model(r.texts[i]) : tokenizer.encode(r.texts[i]);
+      limited = r.add_special_tokens ? tokenizer.encode_for_model(r.texts[i], limit) : tokenizer.encode(r.texts[i], limit);
     } catch (const Error& e) {
       throw bad_request("inputs[" + std::to_string(i) + "]: " + e.what(), "inputs");
     }
-    tokens += static_cast<int64_t>(ids.size());
+    if (limited.over_limit) {
+      throw bad_request(limit == per_text ? "inputs[" + std::to_string(i) + "] is longer than the maximum of " +
+                                                std::to_string(per_text) + " tokens"
+                                          : "the inputs hold more than " + std::to_string(budget) +
+                                                " tokens in all, the most one /tokenize answer holds; send fewer",
+                        "inputs", "context_length_exceeded");
+    }
+    const std::vector<int32_t>& ids = limited.ids;
+    tokens += ids.size();
     out[i].reserve(ids.size());
     for (int32_t id : ids) {
       Tokenizer::Piece p = tokenizer.piece(id);
       out[i].push_back({id, std::move(p.bytes), p.special});
     }
   }
-  ex->set_work(static_cast<int64_t>(r.texts.size()), tokens);
+  ex->set_work(static_cast<int64_t>(r.texts.size()), static_cast<int64_t>(tokens));
   ex->reply(200, write_tokenize_response(out));
+  if (tokens > kLargeRequestTokens) release_free_memory();
 }
 
 }  // namespace ember::serve

@@ -2,6 +2,7 @@
 // file owns what a library must not: flags, signals, printing and the exit
 // code.
 #include <pthread.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -64,6 +65,12 @@ void run_serve(ServeFlags& flags) {
   }
 
   ServerLogWriter log(flags.log_format, flags.log_file);
+  // Each connection takes a descriptor: the soft limit (often 1024) would cap connections below
+  // --max-connections, so take what the hard limit allows.
+  if (rlimit files{}; ::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &files);
+  }
   // SIGINT/SIGTERM are taken by one thread with sigwait(); every other thread
   // inherits the block.
   sigset_t signals;
@@ -127,6 +134,10 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--body-limit-mb", flags->body_limit_mb, "Largest request body in MiB (larger: 413)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{4096}));
+  cmd->add_option("--max-connections", o.http.max_connections,
+                  "Open HTTP connections; more are answered 503 and closed")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, size_t{1} << 20));
   cmd->add_option("--http-threads", o.io_threads, "HTTP threads (0: one per core, at least 2)")
       ->check(CLI::Range(0, 1024));
   cmd->add_option("--drain-timeout", flags->drain_timeout_s,
