@@ -122,9 +122,11 @@ class HttpClient {
     run([&](auto done) { asio::async_write(stream_, asio::buffer(bytes.data(), bytes.size()), done); }, write_error_);
   }
 
-  // The next response on the connection (a 100 Continue is a response of its own).
-  Response read() {
+  // The next response on the connection (a 100 Continue is a response of its own). The answer to a
+  // HEAD has no body whatever its Content-Length says: pass `head`.
+  Response read(bool head = false) {
     http::response_parser<http::string_body> parser;
+    parser.skip(head);
     parser.body_limit(std::numeric_limits<std::uint64_t>::max());
     parser.header_limit(1u << 20);
     beast::error_code ec;
