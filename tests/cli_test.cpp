@@ -1,6 +1,8 @@
 // End-to-end tests of the `ember` executable: real processes, real files, a generated tiny model.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -290,6 +292,78 @@ TEST_F(CliTest, AnEmptyApiKeyIsAnError) {
   ::unsetenv("EMBER_API_KEY");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("EMBER_API_KEY is set but empty"), std::string::npos) << r.err;
+}
+
+}  // namespace
+
+namespace {
+
+// --output never replaces what is not a regular file: a device or FIFO is written through, a
+// symlink is followed, and a directory input is an error.
+TEST_F(CliTest, OutputWritesThroughDevicesFifosAndSymlinks) {
+  const fs::path dev_null("/dev/null");
+  Result r = run("embed --model " + model() + " --output /dev/null", "a\nb\n");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::is_character_file(dev_null)) << "/dev/null was replaced by a regular file";
+  r = run("embed --model " + model() + " --output /dev/full", "a\n");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("No space left on device"), std::string::npos) << r.err;
+
+  const fs::path fifo = root_ / "out.fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const fs::path got = root_ / "from_fifo.txt";
+  const std::string reader = "cat " + fifo.string() + " > " + got.string() + " &";
+  ASSERT_EQ(std::system(reader.c_str()), 0);
+  r = run("embed --model " + model() + " --output " + fifo.string(), "a\nb\n");
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (int i = 0; i < 100 && lines(slurp(got)).size() < 2; ++i) ::usleep(20000);
+  EXPECT_EQ(lines(slurp(got)).size(), 2u);
+  EXPECT_TRUE(fs::is_fifo(fifo));
+
+  const fs::path real = root_ / "real.jsonl", link = root_ / "link.jsonl";
+  fs::create_symlink(real, link);
+  r = run("embed --model " + model() + " --output " + link.string(), "a\n");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::is_symlink(link));
+  EXPECT_EQ(lines(slurp(real)).size(), 1u);
+
+  r = run("embed --model " + model() + " --input " + root_.string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("is a directory"), std::string::npos) << r.err;
+}
+
+// A run stopped by SIGTERM leaves no temporary file; one left by SIGKILL is removed by the next run.
+TEST_F(CliTest, SignalsLeaveNoTemporaryFiles) {
+  const fs::path dir = root_ / "signals";
+  fs::create_directories(dir);
+  const fs::path input = dir / "many.txt", output = dir / "out.jsonl";
+  std::string text;
+  for (int i = 0; i < 4000; ++i) text += "a longer line of text to embed, number " + std::to_string(i) + "\n";
+  write_file(input, text);
+  auto temps = [&] {
+    size_t n = 0;
+    for (const auto& e : fs::directory_iterator(dir)) n += e.path().filename().string().starts_with(".out.jsonl.tmp.");
+    return n;
+  };
+  for (const char* sig : {"TERM", "INT"}) {
+    SCOPED_TRACE(sig);
+    const std::string cmd = std::string(EMBER_BINARY) + " embed --model " + model() + " --input " + input.string() +
+                            " --output " + output.string() + " 2>/dev/null & pid=$!; " +
+                            "for i in $(seq 200); do ls -a " + dir.string() +
+                            " | grep -q '^.out.jsonl.tmp.' && break; sleep 0.02; done; kill -" + sig +
+                            " $pid; wait $pid; echo $? > " + (dir / "rc").string();
+    ASSERT_EQ(std::system(cmd.c_str()), 0);
+    EXPECT_NE(slurp(dir / "rc"), "0\n") << "the run finished before the signal";
+    EXPECT_EQ(temps(), 0u);
+    EXPECT_FALSE(fs::exists(output));
+  }
+  write_file(dir / ".out.jsonl.tmp.999999999", "left by a killed run");
+  write_file(dir / ".out.jsonl.tmp.1", "pid 1 is alive: not ours to remove");
+  const Result r = run("embed --model " + model() + " --output " + output.string(), "a\n");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(fs::exists(dir / ".out.jsonl.tmp.999999999"));
+  EXPECT_TRUE(fs::exists(dir / ".out.jsonl.tmp.1"));
+  EXPECT_EQ(lines(slurp(output)).size(), 1u);
 }
 
 }  // namespace

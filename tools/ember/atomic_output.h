@@ -5,9 +5,13 @@
 
 namespace ember::cli {
 
-// Output that only appears under its final name once complete: written to a temporary name in
-// the same folder and renamed by commit(). Destroyed without commit(), it removes the temporary
-// file, so a failed run never leaves a file that looks finished. "-" writes to stdout directly.
+// Output that only appears under its final name once complete. A regular file (or a new one) is
+// written to a hidden temporary name in the same folder and renamed by commit(); a symlink is
+// followed to what it names. Anything else that exists (a character device such as /dev/null, a
+// FIFO, a socket) is written through, never replaced by a file. "-" writes to stdout.
+//
+// Destroyed without commit(), or on SIGINT/SIGTERM/SIGHUP, the temporary file is removed; one left
+// by a process that died by SIGKILL is removed by the next run writing the same output.
 class AtomicOutput {
  public:
   explicit AtomicOutput(const std::string& path);
@@ -19,7 +23,8 @@ class AtomicOutput {
   void commit();
 
  private:
-  std::string path_, temp_path_;
+  std::string path_;       // where the output lands (symlinks resolved)
+  std::string temp_path_;  // "" when written through or to stdout
   std::FILE* file_ = nullptr;
   bool committed_ = false;
 };

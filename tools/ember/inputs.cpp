@@ -1,5 +1,6 @@
 #include "inputs.h"
 
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -26,6 +27,10 @@ std::string read_all(const std::string& path) {
     std::ostringstream buffer;
     buffer << std::cin.rdbuf();
     return buffer.str();
+  }
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    throw Error("input " + path + " is a directory; give a .txt or .jsonl file, or - for stdin");
   }
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error("cannot open input file " + path);
