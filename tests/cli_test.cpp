@@ -367,3 +367,28 @@ TEST_F(CliTest, SignalsLeaveNoTemporaryFiles) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(CliTest, ATruncatedModelFileDuringEmbedExitsOneNamingTheFile) {
+  const fs::path copy = root_ / "truncated_embed";
+  fs::copy(model(), copy, fs::copy_options::recursive);
+  const fs::path input = root_ / "truncated_input.txt", err = root_ / "truncated_embed.err";
+  std::string text;
+  for (int i = 0; i < 20000; ++i) text += "line number " + std::to_string(i) + " of a long input\n";
+  write_file(input, text);
+  // Cut the file once the run is under way (its temporary output exists), while it still embeds.
+  const std::string out = (root_ / "truncated.jsonl").string();
+  const std::string cmd = std::string(EMBER_BINARY) + " embed --model " + copy.string() +
+                          " --max-batch-tokens 64 --input " + input.string() + " --output " + out + " 2>" +
+                          err.string() + " & pid=$!; for i in $(seq 500); do ls -a " + root_.string() +
+                          " | grep -q '^.truncated.jsonl.tmp.' && break; sleep 0.01; done; sleep 0.2; truncate -s 1000 " +
+                          (copy / "model.safetensors").string() + "; wait $pid";
+  const int status = std::system(cmd.c_str());
+  EXPECT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 1) << slurp(err);
+  EXPECT_NE(slurp(err).find("model.safetensors was truncated or replaced while in use"), std::string::npos)
+      << slurp(err);
+}
+
+}  // namespace

@@ -278,3 +278,27 @@ TEST_F(ServeHostileTest, ResidentMemoryIsReportedAndReturnedAfterALargeRequest) 
 }
 
 }  // namespace
+
+namespace {
+
+// The CPU backend reads weights from the mapped safetensors file: truncating it under a running
+// server must end the process with exit 1 and a line naming the file, not a silent SIGBUS death.
+TEST_F(ServeHostileTest, ATruncatedModelFileExitsOneNamingTheFile) {
+  const std::filesystem::path copy = root() / "truncated";
+  std::filesystem::copy(model(), copy, std::filesystem::copy_options::recursive);
+  ServerProcess s(copy.string());
+  HttpClient c = s.client();
+  ASSERT_EQ(c.post("/v1/embeddings", json{{"input", "before"}}).result_int(), 200);
+  std::filesystem::resize_file(copy / "model.safetensors", 1000);
+  try {
+    HttpClient after = s.client();
+    after.post("/v1/embeddings", json{{"input", "after the file changed"}});
+  } catch (const std::exception&) {  // the connection dies with the process
+  }
+  EXPECT_EQ(s.wait_exit(std::chrono::seconds(20)), 1) << s.log();
+  EXPECT_NE(s.log().find("the model file " + (copy / "model.safetensors").string() + " was truncated"),
+            std::string::npos)
+      << s.log();
+}
+
+}  // namespace

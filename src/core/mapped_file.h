@@ -17,6 +17,10 @@ class MappedFile {
   size_t size() const { return size_; }
   const std::filesystem::path& path() const { return path_; }
 
+  // The path of the live mapping that holds `address`, or nullptr. Async-signal-safe: a SIGBUS
+  // handler uses it to name the file that was truncated under a running process.
+  static const char* path_at(const void* address) noexcept;
+
  private:
   MappedFile(std::filesystem::path path, const unsigned char* data, size_t size)
       : path_(std::move(path)), data_(data), size_(size) {}

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "commands.h"
+#include "fault_handler.h"
 #include "ember/error.h"
 #include "serve/embedding_server.h"
 #include "server_log.h"
@@ -65,6 +66,7 @@ void run_serve(ServeFlags& flags) {
   }
 
   ServerLogWriter log(flags.log_format, flags.log_file);
+  install_model_file_fault_handler(log.fd());
   // Each connection takes a descriptor: the soft limit (often 1024) would cap connections below
   // --max-connections, so take what the hard limit allows.
   if (rlimit files{}; ::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {

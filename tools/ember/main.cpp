@@ -3,6 +3,7 @@
 #include <exception>
 
 #include "commands.h"
+#include "fault_handler.h"
 #include "ember/error.h"
 
 namespace ember::cli {
@@ -51,6 +52,7 @@ constexpr int kUsageError = 2;
 }  // namespace
 
 int main(int argc, char** argv) {
+  ember::cli::install_model_file_fault_handler();
   CLI::App app{"ember: text embeddings with Qwen3-Embedding models"};
   app.require_subcommand(1);
   ember::cli::add_embed_command(app);

@@ -22,6 +22,8 @@ class ServerLogWriter {
   // The callbacks the server reports through; requests only when
   // `log_requests`.
   serve::ServerLog sink(bool log_requests);
+  // The log file's descriptor (2 for stderr), for the fault handler's last line.
+  int fd() const { return ::fileno(file_); }
 
  private:
   void write(const std::string& line);
