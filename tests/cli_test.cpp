@@ -379,11 +379,11 @@ TEST_F(CliTest, ATruncatedModelFileDuringEmbedExitsOneNamingTheFile) {
   write_file(input, text);
   // Cut the file once the run is under way (its temporary output exists), while it still embeds.
   const std::string out = (root_ / "truncated.jsonl").string();
-  const std::string cmd = std::string(EMBER_BINARY) + " embed --model " + copy.string() +
-                          " --max-batch-tokens 64 --input " + input.string() + " --output " + out + " 2>" +
-                          err.string() + " & pid=$!; for i in $(seq 500); do ls -a " + root_.string() +
-                          " | grep -q '^.truncated.jsonl.tmp.' && break; sleep 0.01; done; sleep 0.2; truncate -s 1000 " +
-                          (copy / "model.safetensors").string() + "; wait $pid";
+  const std::string cmd =
+      std::string(EMBER_BINARY) + " embed --model " + copy.string() + " --max-batch-tokens 64 --input " +
+      input.string() + " --output " + out + " 2>" + err.string() + " & pid=$!; for i in $(seq 500); do ls -a " +
+      root_.string() + " | grep -q '^.truncated.jsonl.tmp.' && break; sleep 0.01; done; sleep 0.2; truncate -s 1000 " +
+      (copy / "model.safetensors").string() + "; wait $pid";
   const int status = std::system(cmd.c_str());
   EXPECT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 1) << slurp(err);

@@ -25,7 +25,8 @@ class ServeHostileTest : public ServeFixture {};
 // take the body for a second request (request smuggling). 400 and close, and counted.
 TEST_F(ServeHostileTest, BadFramingIs400AndClosesTheConnection) {
   ServerProcess& s = server();
-  const double before = metric(parse_metrics(s.client().get("/metrics").body()), R"(ember_http_refused_total{status="400"})");
+  const double before =
+      metric(parse_metrics(s.client().get("/metrics").body()), R"(ember_http_refused_total{status="400"})");
   const std::string body = R"({"input":"x"})";
   const std::vector<std::string> heads = {
       "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
@@ -170,8 +171,8 @@ TEST_F(ServeHostileTest, TokenizeIsBoundedAndAdmitted) {
   ServerProcess& s = server();
   HttpClient c = s.client();
   // One text over the model's 32,768 positions, and texts over the answer's token cap in all.
-  expect_api_error(c.post("/tokenize", json{{"inputs", std::string(400000, 'a') + " b"}}), 400,
-                   "invalid_request_error", "inputs", "context_length_exceeded");
+  expect_api_error(c.post("/tokenize", json{{"inputs", std::string(400000, 'a') + " b"}}), 400, "invalid_request_error",
+                   "inputs", "context_length_exceeded");
   std::vector<std::string> many(40, std::string(30000, 'z') + " ");
   for (size_t i = 0; i < many.size(); ++i) many[i] += std::to_string(i) + " word word word word word word word";
   std::string words;
@@ -225,7 +226,9 @@ TEST_F(ServeHostileTest, WorkOfClientsThatLeftIsDropped) {
   ASSERT_EQ(c.post("/v1/embeddings", json{{"input", "quick"}}).result_int(), 200);
   const double quick = seconds_since(t);
   for (int i = 0; i < 600; ++i) {
-    if (metric(parse_metrics(c.get("/metrics").body()), R"(ember_requests_total{route="/v1/embeddings",status="499"})") >= 4) break;
+    if (metric(parse_metrics(c.get("/metrics").body()),
+               R"(ember_requests_total{route="/v1/embeddings",status="499"})") >= 4)
+      break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   const auto m = parse_metrics(c.get("/metrics").body());

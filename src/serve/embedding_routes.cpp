@@ -147,7 +147,8 @@ void post_tokenize(const RouteContext& ctx, const HttpRequest& req, const Exchan
     const size_t limit = std::min(per_text, budget - tokens);
     Tokenizer::Limited limited;
     try {
-      limited = r.add_special_tokens ? tokenizer.encode_for_model(r.texts[i], limit) : tokenizer.encode(r.texts[i], limit);
+      limited =
+          r.add_special_tokens ? tokenizer.encode_for_model(r.texts[i], limit) : tokenizer.encode(r.texts[i], limit);
     } catch (const Error& e) {
       throw bad_request("inputs[" + std::to_string(i) + "]: " + e.what(), "inputs");
     }

@@ -23,6 +23,7 @@
 
 #include "serve/api_error.h"
 #include "serve/embedding_request.h"
+#include "serve/http_framing.h"
 
 namespace http = boost::beast::http;
 using nlohmann::json;
@@ -219,6 +220,17 @@ void fuzz_http(const uint8_t* data, size_t size, const RequestLimits& limits) {
       continue;
     }
     if (ec || used == 0) break;
+  }
+  if (parser.is_header_done()) {
+    // The server's own checks of a head (RFC 9112 framing) and its capped quoting of request text.
+    const auto& head = parser.get().base();
+    const auto why = framing_error(head, parser.chunked());
+    if (head.count(http::field::transfer_encoding) > 0 && !parser.chunked()) CHECK(why.has_value(), "TE not chunked");
+    for (const std::string_view text : {head.method_string(), head.target()}) {
+      const std::string quoted = quoted_prefix(text, 40);
+      CHECK(quoted.size() <= 40 + 32, quoted);
+      CHECK(text.size() > 40 || quoted == text, quoted);
+    }
   }
   if (ec || !parser.is_done()) return;
   const auto& request = parser.get();

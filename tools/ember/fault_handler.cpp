@@ -34,8 +34,9 @@ void on_sigbus(int sig, siginfo_t* info, void*) {
   const auto report = [path](int fd) {
     write_all(fd, "ember: error: the model file ");
     write_all(fd, path);
-    write_all(fd, " was truncated or replaced while in use (SIGBUS reading it); exiting. "
-                  "Replace model files by renaming a complete copy into place, then restart.\n");
+    write_all(fd,
+              " was truncated or replaced while in use (SIGBUS reading it); exiting. "
+              "Replace model files by renaming a complete copy into place, then restart.\n");
   };
   report(STDERR_FILENO);
   if (g_log_fd >= 0 && g_log_fd != STDERR_FILENO) report(g_log_fd);
