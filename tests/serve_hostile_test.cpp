@@ -219,7 +219,11 @@ TEST_F(ServeHostileTest, WorkOfClientsThatLeftIsDropped) {
       gone.push_back(std::make_unique<HttpClient>(s.port()));
       gone.back()->send(http::verb::post, "/v1/embeddings", body);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    HttpClient probe = s.client();
+    for (int i = 0; i < 2000; ++i) {  // until all four are admitted
+      if (metric(parse_metrics(probe.get("/metrics").body()), "ember_requests_in_flight") >= 4) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
   }  // all four close here
   HttpClient c = s.client();
   const auto t = Clock::now();

@@ -27,10 +27,14 @@ void remove_temp_and_die(int sig) {
   ::raise(sig);
 }
 
+// Installed before the temporary file exists, so no signal finds it unguarded. A signal the
+// process was started with ignored (nohup's SIGHUP, SIGINT of a background job) stays ignored.
 void guard_with_signals(const std::string& temp_path) {
   if (temp_path.size() >= sizeof g_temp_path) return;
   std::memcpy(g_temp_path, temp_path.c_str(), temp_path.size() + 1);
   for (const int sig : {SIGINT, SIGTERM, SIGHUP}) {
+    struct sigaction old {};
+    if (::sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) continue;
     struct sigaction action {};
     action.sa_handler = remove_temp_and_die;
     sigemptyset(&action.sa_mask);
@@ -94,9 +98,12 @@ AtomicOutput::AtomicOutput(const std::string& path) {
   name += ".tmp.";
   name += std::to_string(::getpid());
   temp_path_ = (target.parent_path() / name).string();
-  file_ = std::fopen(temp_path_.c_str(), "wb");
-  if (file_ == nullptr) throw Error("cannot create output file " + temp_path_ + ": " + std::strerror(errno));
   guard_with_signals(temp_path_);
+  file_ = std::fopen(temp_path_.c_str(), "wb");
+  if (file_ == nullptr) {
+    unguard();
+    throw Error("cannot create output file " + temp_path_ + ": " + std::strerror(errno));
+  }
 }
 
 AtomicOutput::~AtomicOutput() {
