@@ -105,6 +105,17 @@ TEST_F(ServeSoakTest, MixedValidAndHostileTrafficKeepsMemoryAndDescriptorsBounde
       }
     });
   }
+  // /health on one keep-alive connection throughout: it must stay fast whatever the others do.
+  std::vector<double> health_ms;
+  std::thread prober([&] {
+    HttpClient c = s.client();
+    while (Clock::now() < deadline) {
+      const auto t = Clock::now();
+      if (c.get("/health").result_int() != 200) ++client_errors;
+      health_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t).count());
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  });
   int64_t rss_peak = rss_start;
   int fds_peak = fds_start;
   while (Clock::now() < deadline) {
@@ -113,6 +124,12 @@ TEST_F(ServeSoakTest, MixedValidAndHostileTrafficKeepsMemoryAndDescriptorsBounde
     std::this_thread::sleep_for(std::chrono::seconds(1));
   }
   for (auto& t : threads) t.join();
+  prober.join();
+  std::sort(health_ms.begin(), health_ms.end());
+  const auto pct = [&](double q) { return health_ms[static_cast<size_t>(q * (health_ms.size() - 1))]; };
+  std::printf("/health on a keep-alive connection during the soak: %zu probes, p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+              health_ms.size(), pct(0.5), pct(0.99), health_ms.back());
+  EXPECT_LT(health_ms.back(), 1000.0) << "/health stalled";
   std::this_thread::sleep_for(std::chrono::seconds(3));  // abandoned work and lingering closes settle
   const int64_t rss_end = rss_bytes(s.pid());
   const int fds_end = open_fds(s.pid());
