@@ -563,3 +563,47 @@ TEST(Responses, AFullBatchIsValidJson) {
 }
 
 }  // namespace
+
+#include "serve/http_framing.h"
+
+namespace {
+
+namespace bhttp = boost::beast::http;
+
+// A parsed head, as the server sees it once Beast has read it.
+std::optional<std::string> framing_of(const std::string& head) {
+  bhttp::request_parser<bhttp::string_body> parser;
+  boost::beast::error_code ec;
+  parser.eager(false);
+  parser.put(boost::asio::buffer(head), ec);
+  if (!parser.is_header_done()) return "unparsed: " + ec.message();
+  return ember::serve::framing_error(parser.get().base(), parser.chunked());
+}
+
+TEST(HttpFraming, RefusesWhatLeavesTheBodyLengthUnknown) {
+  EXPECT_EQ(framing_of("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n"), std::nullopt);
+  EXPECT_EQ(framing_of("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"), std::nullopt);
+  EXPECT_EQ(framing_of("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), std::nullopt);
+  EXPECT_EQ(framing_of("GET / HTTP/1.0\r\n\r\n"), std::nullopt);
+  for (const char* te : {"gzip", "identity", "xchunked", "chunked, gzip", "chunkedx"}) {
+    SCOPED_TRACE(te);
+    const auto why = framing_of(std::string("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ") + te + "\r\n\r\n");
+    ASSERT_TRUE(why.has_value());
+    EXPECT_NE(why->find("does not end in chunked"), std::string::npos) << *why;
+  }
+  // Beast itself refuses Transfer-Encoding with Content-Length while parsing; either way it is a 400.
+  EXPECT_TRUE(framing_of("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"));
+  EXPECT_NE(framing_of("GET / HTTP/1.1\r\n\r\n").value_or("").find("Host"), std::string::npos);
+  EXPECT_NE(framing_of("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").value_or("").find("more than one Host"),
+            std::string::npos);
+}
+
+TEST(HttpFraming, QuotesRequestTextCapped) {
+  EXPECT_EQ(ember::serve::quoted_prefix("short"), "short");
+  const std::string long_path(60000, 'p');
+  const std::string quoted = ember::serve::quoted_prefix(long_path);
+  EXPECT_EQ(quoted, std::string(200, 'p') + "...(60000 bytes)");
+  EXPECT_EQ(ember::serve::quoted_prefix(std::string(10, 'm'), 4), "mmmm...(10 bytes)");
+}
+
+}  // namespace

@@ -6,6 +6,7 @@
 #include <utf8proc.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -586,6 +587,55 @@ TEST_F(TokenizerTest, MatchesHuggingFaceOnCorpus) {
     }
   }
   EXPECT_EQ(mismatches, 0u) << mismatches << " of " << corpus.size() << " texts differ from HF:\n" << report;
+}
+
+}  // namespace
+}  // namespace ember
+
+namespace ember {
+namespace {
+
+// encode with a limit equals the full encoding cut at the limit, over the whole corpus and at every
+// limit near each text's length; encode_for_model's truncation keeps <|endoftext|> last.
+TEST_F(TokenizerTest, LimitedEncodingIsTheTruncationOfTheFullOne) {
+  const auto corpus = read_corpus();
+  for (size_t i = 0; i < corpus.size(); i += 7) {
+    const Ids full = tok().encode(corpus[i]);
+    const Ids model = tok().encode_for_model(corpus[i]);
+    for (const size_t limit : {size_t{0}, size_t{1}, full.size() / 2, full.size(), full.size() + 1, model.size(),
+                               model.size() + 5}) {
+      const Tokenizer::Limited plain = tok().encode(corpus[i], limit);
+      ASSERT_EQ(plain.over_limit, full.size() > limit) << "line " << i + 1;
+      ASSERT_EQ(plain.ids, Ids(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(std::min(limit, full.size()))));
+      const Tokenizer::Limited cut = tok().encode_for_model(corpus[i], limit);
+      ASSERT_EQ(cut.over_limit, model.size() > limit) << "line " << i + 1;
+      if (!cut.over_limit) {
+        ASSERT_EQ(cut.ids, model);
+      } else if (limit > 0) {
+        Ids want(model.begin(), model.begin() + static_cast<std::ptrdiff_t>(limit));
+        want.back() = kEndOfText;
+        ASSERT_EQ(cut.ids, want) << "line " << i + 1 << " limit " << limit;
+      }
+    }
+  }
+}
+
+// A text far over the limit costs the tokens kept, not the whole text.
+TEST_F(TokenizerTest, LimitedEncodingStopsEarly) {
+  std::string huge;
+  for (int i = 0; i < 400000; ++i) huge += "word" + std::to_string(i % 1000) + " ";
+  const auto t0 = std::chrono::steady_clock::now();
+  const Tokenizer::Limited cut = tok().encode_for_model(huge, 512);
+  const double limited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const auto t1 = std::chrono::steady_clock::now();
+  const size_t full = tok().encode(huge).size();
+  const double whole = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  EXPECT_TRUE(cut.over_limit);
+  EXPECT_EQ(cut.ids.size(), 512u);
+  EXPECT_EQ(cut.ids.back(), kEndOfText);
+  EXPECT_GT(full, 512u * 100);
+  // Loose: the limited call reads a small prefix (validation and NFC scan the whole text).
+  EXPECT_LT(limited, whole / 3) << limited << " s vs " << whole << " s";
 }
 
 }  // namespace
