@@ -192,10 +192,7 @@ TEST_F(ServeHostileTest, TokenizeCountsAgainstConcurrentRequests) {
   HttpClient slow = s.client();
   slow.send(http::verb::post, "/v1/embeddings", json{{"input", std::vector<std::string>(4, text)}}.dump());
   HttpClient c = s.client();
-  for (int i = 0; i < 400; ++i) {  // until the embedding request holds the slot
-    if (metric(parse_metrics(c.get("/metrics").body()), "ember_requests_in_flight") >= 1) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  wait_for_metric(c, "ember_requests_in_flight", 1);  // until the embedding request holds the slot
   int refused = 0;
   for (int i = 0; i < 200 && refused == 0; ++i) {
     const Response res = c.post("/tokenize", json{{"inputs", "hello"}});
@@ -220,21 +217,13 @@ TEST_F(ServeHostileTest, WorkOfClientsThatLeftIsDropped) {
       gone.back()->send(http::verb::post, "/v1/embeddings", body);
     }
     HttpClient probe = s.client();
-    for (int i = 0; i < 2000; ++i) {  // until all four are admitted
-      if (metric(parse_metrics(probe.get("/metrics").body()), "ember_requests_in_flight") >= 4) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-  }  // all four close here
+    wait_for_metric(probe, "ember_requests_in_flight", 4);  // until all four are admitted
+  }                                                         // all four close here
   HttpClient c = s.client();
   const auto t = Clock::now();
   ASSERT_EQ(c.post("/v1/embeddings", json{{"input", "quick"}}).result_int(), 200);
   const double quick = seconds_since(t);
-  for (int i = 0; i < 600; ++i) {
-    if (metric(parse_metrics(c.get("/metrics").body()),
-               R"(ember_requests_total{route="/v1/embeddings",status="499"})") >= 4)
-      break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  wait_for_metric(c, R"(ember_requests_total{route="/v1/embeddings",status="499"})", 4);
   const auto m = parse_metrics(c.get("/metrics").body());
   EXPECT_EQ(metric(m, R"(ember_requests_total{route="/v1/embeddings",status="499"})"), 4);
   EXPECT_GE(metric(m, "ember_abandoned_sequences_total"), 4) << "most abandoned sequences should never be computed";
@@ -253,10 +242,7 @@ TEST_F(ServeHostileTest, DrainTimeoutAnswers503AndExitsInTime) {
   HttpClient c = s.client();
   c.send(http::verb::post, "/v1/embeddings", json{{"input", std::vector<std::string>(8, text)}}.dump());
   HttpClient probe = s.client();
-  for (int i = 0; i < 400; ++i) {
-    if (metric(parse_metrics(probe.get("/metrics").body()), "ember_requests_in_flight") >= 1) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  wait_for_metric(probe, "ember_requests_in_flight", 1);
   const auto t = Clock::now();
   s.signal(SIGTERM);
   const Response res = c.read();

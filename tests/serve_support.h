@@ -459,6 +459,18 @@ inline double metric(const std::map<std::string, double>& metrics, const std::st
 // A tiny model (real tokenizer, random weights) made once per test process, the default server on
 // it (started on first use), and an in-process engine of the same precision the expected values
 // come from.
+// Polls /metrics on `c` until `key` is at least `value` or `timeout` passes; returns its last value.
+inline double wait_for_metric(HttpClient& c, const std::string& key, double value,
+                              std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  double now = metric(parse_metrics(c.get("/metrics").body()), key);
+  while (now < value && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    now = metric(parse_metrics(c.get("/metrics").body()), key);
+  }
+  return now;
+}
+
 class ServeFixture : public ::testing::Test {
  protected:
   static constexpr const char* kServedName = "ember-tiny";

@@ -602,8 +602,8 @@ TEST_F(TokenizerTest, LimitedEncodingIsTheTruncationOfTheFullOne) {
   for (size_t i = 0; i < corpus.size(); i += 7) {
     const Ids full = tok().encode(corpus[i]);
     const Ids model = tok().encode_for_model(corpus[i]);
-    for (const size_t limit : {size_t{0}, size_t{1}, full.size() / 2, full.size(), full.size() + 1, model.size(),
-                               model.size() + 5}) {
+    for (const size_t limit :
+         {size_t{0}, size_t{1}, full.size() / 2, full.size(), full.size() + 1, model.size(), model.size() + 5}) {
       const Tokenizer::Limited plain = tok().encode(corpus[i], limit);
       ASSERT_EQ(plain.over_limit, full.size() > limit) << "line " << i + 1;
       ASSERT_EQ(plain.ids, Ids(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(std::min(limit, full.size()))));
