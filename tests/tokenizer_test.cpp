@@ -609,6 +609,9 @@ TEST_F(TokenizerTest, LimitedEncodingIsTheTruncationOfTheFullOne) {
       ASSERT_EQ(plain.ids, Ids(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(std::min(limit, full.size()))));
       const Tokenizer::Limited cut = tok().encode_for_model(corpus[i], limit);
       ASSERT_EQ(cut.over_limit, model.size() > limit) << "line " << i + 1;
+      const Tokenizer::Limited verdict = tok().encode_for_model(corpus[i], limit, false);
+      ASSERT_EQ(verdict.over_limit, cut.over_limit) << "line " << i + 1 << " limit " << limit;
+      if (!verdict.over_limit) ASSERT_EQ(verdict.ids, model);
       if (!cut.over_limit) {
         ASSERT_EQ(cut.ids, model);
       } else if (limit > 0) {
@@ -636,6 +639,19 @@ TEST_F(TokenizerTest, LimitedEncodingStopsEarly) {
   EXPECT_GT(full, 512u * 100);
   // Loose: the limited call reads a small prefix (validation and NFC scan the whole text).
   EXPECT_LT(limited, whole / 3) << limited << " s vs " << whole << " s";
+
+  // One 40 MB word: its BPE alone would hold ~1 GB. Asked only whether it fits, the tokenizer
+  // knows from its length; asked for the truncation, it must run the BPE (HF's ids are global).
+  const std::string word(40u << 20, 'a');
+  const auto t2 = std::chrono::steady_clock::now();
+  const Tokenizer::Limited verdict = tok().encode_for_model(word, 32768, false);
+  const double bounded = std::chrono::duration<double>(std::chrono::steady_clock::now() - t2).count();
+  EXPECT_TRUE(verdict.over_limit);
+  EXPECT_TRUE(verdict.ids.empty());
+  EXPECT_LT(bounded, 2.0);
+  const Tokenizer::Limited fits = tok().encode_for_model("a short text", 32768, false);
+  EXPECT_FALSE(fits.over_limit);
+  EXPECT_EQ(fits.ids, tok().encode_for_model("a short text"));
 }
 
 }  // namespace

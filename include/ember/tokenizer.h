@@ -36,11 +36,14 @@ class Tokenizer {
   // 40 MB text over the limit costs the tokens kept, not the whole text. When the whole model input
   // would be longer, `over_limit` is set and `ids` is its truncation: the first max_tokens - 1 ids,
   // then its last id (<|endoftext|>, which the model pools).
+  // With `keep_truncation` false the caller only needs to know whether the text is too long: a
+  // word that alone must pass the limit ends tokenizing before its BPE (a 40 MB run of one letter
+  // costs nothing), and `ids` is then empty when `over_limit`.
   struct Limited {
     std::vector<int32_t> ids;
     bool over_limit = false;
   };
-  Limited encode_for_model(std::string_view text, size_t max_tokens) const;
+  Limited encode_for_model(std::string_view text, size_t max_tokens, bool keep_truncation = true) const;
   // encode() stopped after `max_tokens` ids; `over_limit` says there were more.
   Limited encode(std::string_view text, size_t max_tokens) const;
 

@@ -21,9 +21,11 @@ std::string with_instruction(const std::string& instruction, std::string_view te
 
 std::vector<int32_t> text_input(const Tokenizer& tokenizer, std::string_view text, const InputPolicy& policy) {
   const auto max_tokens = static_cast<size_t>(policy.max_tokens);
-  Tokenizer::Limited input = policy.instruction.empty()
-                                 ? tokenizer.encode_for_model(text, max_tokens)
-                                 : tokenizer.encode_for_model(with_instruction(policy.instruction, text), max_tokens);
+  // Without truncation only "too long" matters, which a giant word can show before its BPE runs.
+  Tokenizer::Limited input =
+      policy.instruction.empty()
+          ? tokenizer.encode_for_model(text, max_tokens, policy.truncate)
+          : tokenizer.encode_for_model(with_instruction(policy.instruction, text), max_tokens, policy.truncate);
   if (input.over_limit && !policy.truncate) {
     too_long("it is longer than the maximum of " + std::to_string(max_tokens) + " tokens", policy);
   }

@@ -11,8 +11,7 @@ namespace {
 // Unicode White_Space, what Rust's regex \s (used by HF for lstrip/rstrip) matches.
 bool is_white_space(char32_t c) {
   return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
-         c == 0x3000;
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
 // Rust regex's Unicode \w: letters, marks, decimal and letter numbers, connector punctuation, joiners.
@@ -21,11 +20,18 @@ bool is_word_char(char32_t c) {
   if (c == 0x200C || c == 0x200D) return true;
   using G = GeneralCategory;
   switch (general_category(c)) {
-    case G::Lu: case G::Ll: case G::Lt: case G::Lm: case G::Lo: case G::Mn: case G::Mc: case G::Me:
-    case G::Nd: case G::Nl: case G::Pc:
-      return true;
-    default:
-      return false;
+    case G::Lu:
+    case G::Ll:
+    case G::Lt:
+    case G::Lm:
+    case G::Lo:
+    case G::Mn:
+    case G::Mc:
+    case G::Me:
+    case G::Nd:
+    case G::Nl:
+    case G::Pc: return true;
+    default: return false;
   }
 }
 

@@ -1,10 +1,9 @@
 #include "tokenizer/bpe.h"
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <bit>
 #include <functional>
+#include <nlohmann/json.hpp>
 
 #include "ember/error.h"
 #include "tokenizer/byte_level.h"
@@ -17,8 +16,8 @@ constexpr size_t kShortWord = 64;
 
 void require_default(const nlohmann::json& model, const char* key, const nlohmann::json& allowed) {
   if (!model.contains(key) || model[key].is_null() || model[key] == allowed) return;
-  throw Error(std::string("model.") + key + " = " + model[key].dump() +
-              " is not supported (ember supports " + allowed.dump() + " or null)");
+  throw Error(std::string("model.") + key + " = " + model[key].dump() + " is not supported (ember supports " +
+              allowed.dump() + " or null)");
 }
 
 }  // namespace
@@ -59,6 +58,7 @@ Bpe Bpe::from_json(const nlohmann::json& model) {
     vocab.emplace(text, id);
     if (static_cast<size_t>(id) >= bpe.tokens_.size()) bpe.tokens_.resize(static_cast<size_t>(id) + 1);
     bpe.tokens_[static_cast<size_t>(id)] = text;
+    bpe.longest_token_ = std::max(bpe.longest_token_, text.size());
     if (bpe.ignore_merges_) {
       if (auto raw = byte_level_to_bytes(text)) bpe.raw_vocab_.emplace(std::move(*raw), id);
     }
@@ -67,8 +67,8 @@ Bpe Bpe::from_json(const nlohmann::json& model) {
     const std::string symbol = bytes_to_byte_level(std::string(1, static_cast<char>(b)));
     const auto it = vocab.find(symbol);
     if (it == vocab.end()) {
-      throw Error("model.vocab lacks the byte-level symbol \"" + symbol + "\" of byte " +
-                  std::to_string(b) + "; ember supports byte-level BPE vocabularies only");
+      throw Error("model.vocab lacks the byte-level symbol \"" + symbol + "\" of byte " + std::to_string(b) +
+                  "; ember supports byte-level BPE vocabularies only");
     }
     bpe.byte_ids_[static_cast<size_t>(b)] = it->second;
   }
@@ -82,8 +82,7 @@ Bpe Bpe::from_json(const nlohmann::json& model) {
   const auto lookup = [&](const std::string& s, size_t rank) {
     const auto it = vocab.find(s);
     if (it == vocab.end()) {
-      throw Error("model.merges[" + std::to_string(rank) + "] uses \"" + s +
-                  "\", which is not in model.vocab");
+      throw Error("model.merges[" + std::to_string(rank) + "] uses \"" + s + "\", which is not in model.vocab");
     }
     return it->second;
   };
@@ -225,6 +224,13 @@ void Bpe::merge_long(std::string_view word, std::vector<int32_t>& out) const {
     push(pos);
   }
   for (int32_t i = 0; i >= 0; i = sym[static_cast<size_t>(i)].next) out.push_back(sym[static_cast<size_t>(i)].id);
+  // The buffers are kept for the next long word, but not the ~25 bytes a byte of a giant one (a
+  // 3 MB run of one letter) took: each worker thread would hold that for good.
+  constexpr size_t kKeepBytes = size_t{1} << 16;
+  if (sym.capacity() > kKeepBytes) {
+    std::vector<Symbol>().swap(sym);
+    std::vector<uint64_t>().swap(heap);
+  }
 }
 
 }  // namespace ember::tok

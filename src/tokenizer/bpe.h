@@ -1,10 +1,9 @@
 #pragma once
 // The tokenizer.json "model": byte-level BPE. Vocabulary and merges are resolved to ids at load
 // time; encoding runs on raw bytes (each byte is one initial symbol) with no string building.
-#include <nlohmann/json_fwd.hpp>
-
 #include <array>
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -26,6 +25,9 @@ class Bpe {
   // The byte-level vocabulary entry of `id`, or null when the vocabulary has no such id.
   const std::string* token(int32_t id) const;
   int32_t max_id() const { return static_cast<int32_t>(tokens_.size()) - 1; }
+  // A lower bound on the ids of a word of `bytes` raw bytes: no token spans more bytes than its
+  // byte-level form has (each raw byte is one or two of those).
+  size_t min_ids(size_t bytes) const { return (bytes + longest_token_ - 1) / longest_token_; }
 
  private:
   struct MergeSlot {
@@ -70,7 +72,8 @@ class Bpe {
   std::vector<MergeSlot> merges_;
   size_t merge_mask_ = 0;
   int merge_shift_ = 64;
-  std::vector<std::string> tokens_;                   // byte-level form by id; "" where unused
+  std::vector<std::string> tokens_;  // byte-level form by id; "" where unused
+  size_t longest_token_ = 1;         // bytes of the longest byte-level form
   bool ignore_merges_ = false;
   std::unordered_map<std::string, int32_t> raw_vocab_;  // raw bytes -> id, only for ignore_merges
 };

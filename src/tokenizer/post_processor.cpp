@@ -1,7 +1,6 @@
 #include "tokenizer/post_processor.h"
 
 #include <nlohmann/json.hpp>
-
 #include <sstream>
 #include <string>
 
@@ -13,8 +12,7 @@ namespace {
 std::vector<int32_t> special_ids(const nlohmann::json& spec, const std::string& name) {
   const auto& specials = spec.value("special_tokens", nlohmann::json::object());
   if (!specials.contains(name) || !specials[name].contains("ids")) {
-    throw Error("post_processor template uses special token \"" + name +
-                "\" that its special_tokens does not define");
+    throw Error("post_processor template uses special token \"" + name + "\" that its special_tokens does not define");
   }
   return specials[name]["ids"].get<std::vector<int32_t>>();
 }

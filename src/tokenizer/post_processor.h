@@ -1,9 +1,8 @@
 #pragma once
 // The tokenizer.json "post_processor", reduced to what encode_for_model needs: the ids its
 // single-sequence template puts before and after the text.
-#include <nlohmann/json_fwd.hpp>
-
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <vector>
 
 namespace ember::tok {

@@ -8,8 +8,7 @@ namespace ember::tok {
 namespace {
 
 // The regex HF's ByteLevel pre-tokenizer applies when use_regex is true (GPT-2's).
-constexpr const char* kGpt2Pattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+constexpr const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 std::string short_dump(const nlohmann::json& j) {
   std::string s = j.dump();

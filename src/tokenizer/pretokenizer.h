@@ -3,7 +3,6 @@
 // alphabet mapping is implicit here (BPE runs on raw bytes); its optional prefix space and GPT-2
 // regex are real steps.
 #include <nlohmann/json_fwd.hpp>
-
 #include <optional>
 #include <string>
 #include <string_view>

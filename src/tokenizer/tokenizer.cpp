@@ -99,11 +99,14 @@ struct Tokenizer::Impl {
   int32_t eos = -1;
   int64_t id_count = 0;
 
-  // Stops (throws EnoughTokens) once `ids` holds `stop_at` ids or more.
-  void encode_normalized(std::string_view text, Scratch& s, std::vector<int32_t>& ids, size_t stop_at) const {
+  // Stops (throws EnoughTokens) once `ids` holds `stop_at` ids or more; with `bound_words`, already
+  // before a word whose fewest possible ids would get there (the ids are then incomplete).
+  void encode_normalized(std::string_view text, Scratch& s, std::vector<int32_t>& ids, size_t stop_at,
+                         bool bound_words) const {
     tok::WordCache* cache = tok::word_cache_enabled().load(std::memory_order_relaxed) ? &s.cache : nullptr;
     const auto model = [&](std::string_view part) {
       pre_tokenizer.for_each_piece(part, s.regex, [&](std::string_view word) {
+        if (bound_words && ids.size() + bpe.min_ids(word.size()) >= stop_at) throw EnoughTokens{};
         bpe.encode_word(word, ids, cache);
         if (ids.size() >= stop_at) throw EnoughTokens{};
       });
@@ -118,7 +121,8 @@ struct Tokenizer::Impl {
     }
   }
 
-  void encode(std::string_view text, std::vector<int32_t>& ids, size_t stop_at = SIZE_MAX) const {
+  void encode(std::string_view text, std::vector<int32_t>& ids, size_t stop_at = SIZE_MAX,
+              bool bound_words = false) const {
     if (const auto bad = tok::find_invalid_utf8(text)) {
       throw Error(fmt::format("text to tokenize is not valid UTF-8: byte 0x{:02X} at byte offset {}",
                               static_cast<unsigned char>(text[*bad]), *bad));
@@ -126,7 +130,10 @@ struct Tokenizer::Impl {
     Scratch& s = thread_scratch(generation);
     if (ids.size() >= stop_at) throw EnoughTokens{};
     raw_added.split(
-        text, [&](std::string_view part) { encode_normalized(normalizer.apply(part, s.normalized), s, ids, stop_at); },
+        text,
+        [&](std::string_view part) {
+          encode_normalized(normalizer.apply(part, s.normalized), s, ids, stop_at, bound_words);
+        },
         [&](int32_t id) {
           ids.push_back(id);
           if (ids.size() >= stop_at) throw EnoughTokens{};
@@ -227,16 +234,23 @@ Tokenizer::Limited Tokenizer::encode(std::string_view text, size_t max_tokens) c
   return out;
 }
 
-Tokenizer::Limited Tokenizer::encode_for_model(std::string_view text, size_t max_tokens) const {
+Tokenizer::Limited Tokenizer::encode_for_model(std::string_view text, size_t max_tokens, bool keep_truncation) const {
   const tok::PostProcessor& post = impl_->post;
   const std::vector<int32_t> suffix = post.adds_tokens() ? post.suffix : std::vector<int32_t>{impl_->eos};
   Limited out;
   out.ids = post.prefix;
   // Enough text ids that prefix + text + suffix is known to pass max_tokens, if it does.
   const size_t enough = max_tokens + 1 > suffix.size() ? max_tokens + 1 - suffix.size() : 0;
+  bool stopped = false;
   try {
-    impl_->encode(text, out.ids, enough);
+    impl_->encode(text, out.ids, enough, !keep_truncation);
   } catch (const EnoughTokens&) {
+    stopped = true;
+  }
+  if (stopped && !keep_truncation) {
+    out.ids.clear();
+    out.over_limit = true;
+    return out;
   }
   out.ids.insert(out.ids.end(), suffix.begin(), suffix.end());
   out.over_limit = out.ids.size() > max_tokens;
