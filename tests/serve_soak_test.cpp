@@ -147,7 +147,7 @@ TEST_F(ServeSoakTest, MixedValidAndHostileTrafficKeepsMemoryAndDescriptorsBounde
       rss_end / 1e6, rss_peak / 1e6, fds_start, fds_end, fds_peak);
   EXPECT_EQ(wrong_vectors, 0);
   EXPECT_GT(counts["valid 200"], 0);
-  EXPECT_LT(rss_end, rss_start + 300'000'000) << "memory not returned after the soak";
+  EXPECT_LT(rss_end, rss_start + 150'000'000) << "memory not returned after the soak";
   EXPECT_LT(rss_peak, int64_t{2'000'000'000});
   EXPECT_LE(fds_end, fds_start + 8) << "descriptors leak";
   const auto m = parse_metrics(s.client().get("/metrics").body());
