@@ -11,6 +11,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -21,13 +22,16 @@
 namespace ember::serve {
 
 enum class ModelState { Unloaded, Loading, Ready, Draining, Failed };
+
+// Opens an engine; Engine::open by default, a fake one in the scheduler's and the slot's unit tests.
+using EngineFactory = std::function<std::unique_ptr<Engine>(const EngineOptions&)>;
 std::string_view to_string(ModelState state);
 
 class ModelSlot {
  public:
   using Clock = std::chrono::steady_clock;
 
-  ModelSlot(std::string served_name, EngineOptions options);
+  ModelSlot(std::string served_name, EngineOptions options, EngineFactory factory = &Engine::open);
 
   const std::string& served_name() const { return served_name_; }
   const EngineOptions& options() const { return options_; }
@@ -66,6 +70,7 @@ class ModelSlot {
 
   const std::string served_name_;
   const EngineOptions options_;
+  const EngineFactory factory_;
   mutable std::mutex mutex_;
   mutable std::condition_variable changed_;
   ModelState state_ = ModelState::Unloaded;
