@@ -10,6 +10,16 @@ namespace {
   throw InputTooLong(what + "; shorten it" + (policy.truncate_hint.empty() ? "" : ", or " + policy.truncate_hint));
 }
 
+// The 4B/8B checkpoints have 151665 embedding rows while the tokenizer knows ids up to 151668.
+void check_vocabulary(const std::vector<int32_t>& ids, const InputPolicy& policy, const char* what) {
+  for (const int32_t id : ids) {
+    if (id < 0 || id >= policy.vocab_size) {
+      throw Error(std::string(what) + " id " + std::to_string(id) + ", outside the model's vocabulary of " +
+                  std::to_string(policy.vocab_size) + " entries");
+    }
+  }
+}
+
 }  // namespace
 
 std::string with_instruction(const std::string& instruction, std::string_view text) {
@@ -29,23 +39,12 @@ std::vector<int32_t> text_input(const Tokenizer& tokenizer, std::string_view tex
   if (input.over_limit && !policy.truncate) {
     too_long("it is longer than the maximum of " + std::to_string(max_tokens) + " tokens", policy);
   }
-  for (const int32_t id : input.ids) {
-    if (id < 0 || id >= policy.vocab_size) {
-      // The 4B/8B checkpoints have 151665 embedding rows while the tokenizer knows ids up to 151668.
-      throw Error("it tokenizes to id " + std::to_string(id) + ", outside the model's vocabulary of " +
-                  std::to_string(policy.vocab_size) + " entries");
-    }
-  }
+  check_vocabulary(input.ids, policy, "it tokenizes to");
   return std::move(input.ids);
 }
 
 std::vector<int32_t> token_input(std::vector<int32_t> ids, const InputPolicy& policy) {
-  for (const int32_t id : ids) {
-    if (id < 0 || id >= policy.vocab_size) {
-      throw Error("it holds token id " + std::to_string(id) + ", outside the model's vocabulary of " +
-                  std::to_string(policy.vocab_size));
-    }
-  }
+  check_vocabulary(ids, policy, "it holds token");
   if (static_cast<int64_t>(ids.size()) > policy.max_tokens) {
     if (!policy.truncate) {
       too_long("it has " + std::to_string(ids.size()) + " tokens, more than the maximum of " +

@@ -34,6 +34,10 @@ ApiError overloaded(std::string message, int retry_after_s) {
   return e;
 }
 
+ApiError client_closed() {
+  return ApiError(kClientClosedRequest, "the client closed the connection before the answer", "client_closed_request");
+}
+
 ApiError unavailable(std::string message, int retry_after_s) {
   ApiError e(503, std::move(message), "service_unavailable", "", "model_not_ready");
   e.retry_after_s = retry_after_s;

@@ -26,5 +26,8 @@ std::string error_body(const ApiError& error);
 ApiError bad_request(std::string message, std::string param = "", std::string code = "");
 ApiError overloaded(std::string message, int retry_after_s);   // 429
 ApiError unavailable(std::string message, int retry_after_s);  // 503
+// nginx's 499: the client closed the connection before its answer (logged and counted, never sent).
+constexpr int kClientClosedRequest = 499;
+ApiError client_closed();
 
 }  // namespace ember::serve

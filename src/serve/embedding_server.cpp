@@ -11,14 +11,10 @@ namespace ember::serve {
 
 namespace {
 
-int io_thread_count(int requested) {
+// `requested` threads, or one per core (at least `fewest`) when it is 0.
+int thread_count(int requested, int fewest) {
   if (requested > 0) return requested;
-  return std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
-}
-
-int work_thread_count(int requested) {
-  if (requested > 0) return requested;
-  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  return std::max(fewest, static_cast<int>(std::thread::hardware_concurrency()));
 }
 
 }  // namespace
@@ -39,7 +35,7 @@ EmbeddingServer::EmbeddingServer(ServeOptions options, ServerLog log)
       slot_(
           options_.served_model_name.empty() ? default_served_name(options_.engine.model) : options_.served_model_name,
           options_.engine),
-      work_(static_cast<size_t>(work_thread_count(options_.work_threads))) {
+      work_(static_cast<size_t>(thread_count(options_.work_threads, 1))) {
   options_.batch.max_batch_tokens = options_.engine.max_batch_tokens;
   batcher_ = std::make_unique<TokenBudgetBatcher>(slot_, metrics_, options_.batch);
   router_ = std::make_unique<Router>(RouteContext{slot_, *batcher_, metrics_, options_, log_, io_, work_,
@@ -73,7 +69,7 @@ void EmbeddingServer::start(int listening_fd) {
   } else {
     http_->start();
   }
-  const int threads = io_thread_count(options_.io_threads);
+  const int threads = thread_count(options_.io_threads, 2);
   for (int i = 0; i < threads; ++i) {
     io_threads_.emplace_back([this] {
       auto guard = boost::asio::make_work_guard(io_);

@@ -32,9 +32,10 @@ Exchange::Exchange(const http::request_header<>& request, std::string route, Res
 }
 
 void Exchange::drop() {
-  record_.status = kClientClosedRequest;
+  const ApiError gone = client_closed();
+  record_.status = gone.status;
   record_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  record_.error = "the client closed the connection before the answer";
+  record_.error = gone.what();
   admission_.release();
   metrics_.observe_request(record_.route, record_.status, record_.seconds);
   if (log_.request) log_.request(record_);

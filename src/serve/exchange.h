@@ -13,9 +13,6 @@
 
 namespace ember::serve {
 
-// nginx's status for a request whose client closed the connection before the answer.
-constexpr int kClientClosedRequest = 499;
-
 class Exchange {
  public:
   Exchange(const boost::beast::http::request_header<>& request, std::string route, Respond respond,

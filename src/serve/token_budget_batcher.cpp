@@ -145,8 +145,7 @@ std::vector<TokenBudgetBatcher::QueuedSequence> TokenBudgetBatcher::take_batch(
 }
 
 void TokenBudgetBatcher::run() {
-  const auto gone = std::make_exception_ptr(
-      ApiError(499, "the client closed the connection before the answer", "client_closed_request"));
+  const auto gone = std::make_exception_ptr(client_closed());
   for (;;) {
     std::vector<QueuedSequence> batch;
     std::vector<std::shared_ptr<JobState>> abandoned;
@@ -158,7 +157,6 @@ void TokenBudgetBatcher::run() {
     }
     for (const auto& job : abandoned) {
       metrics_.observe_abandoned(static_cast<int64_t>(job->remaining));
-      job->failed = false;  // finish() marks it failed again; it must still answer once
       finish(*job, gone);
     }
     if (!batch.empty()) compute(batch);

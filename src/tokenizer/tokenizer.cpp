@@ -96,6 +96,7 @@ struct Tokenizer::Impl {
   std::unordered_map<int32_t, std::string> added_text;
   std::unordered_set<int32_t> special_ids;
   tok::PostProcessor post;
+  std::vector<int32_t> model_suffix;  // what follows the text in a model input: the file's suffix, or <|endoftext|>
   int32_t eos = -1;
   int64_t id_count = 0;
 
@@ -208,6 +209,7 @@ Tokenizer Tokenizer::from_files(const std::filesystem::path& tokenizer_json,
     }
     if (impl->eos < 0)
       throw Error("no <|endoftext|> token among added_tokens or model.vocab (ember needs it as end of sequence)");
+    impl->model_suffix = impl->post.adds_tokens() ? impl->post.suffix : std::vector<int32_t>{impl->eos};
   } catch (const nlohmann::json::exception& e) {
     throw Error(tokenizer_json.string() + ": unexpected structure: " + e.what());
   } catch (const Error& e) {
@@ -235,10 +237,9 @@ Tokenizer::Limited Tokenizer::encode(std::string_view text, size_t max_tokens) c
 }
 
 Tokenizer::Limited Tokenizer::encode_for_model(std::string_view text, size_t max_tokens, bool keep_truncation) const {
-  const tok::PostProcessor& post = impl_->post;
-  const std::vector<int32_t> suffix = post.adds_tokens() ? post.suffix : std::vector<int32_t>{impl_->eos};
+  const std::vector<int32_t>& suffix = impl_->model_suffix;
   Limited out;
-  out.ids = post.prefix;
+  out.ids = impl_->post.prefix;
   // Enough text ids that prefix + text + suffix is known to pass max_tokens, if it does.
   const size_t enough = max_tokens + 1 > suffix.size() ? max_tokens + 1 - suffix.size() : 0;
   bool stopped = false;
@@ -265,15 +266,10 @@ Tokenizer::Limited Tokenizer::encode_for_model(std::string_view text, size_t max
 }
 
 std::vector<int32_t> Tokenizer::encode_for_model(std::string_view text) const {
-  const tok::PostProcessor& post = impl_->post;
-  std::vector<int32_t> ids(post.prefix);
-  ids.reserve(text.size() / 3 + 4 + post.prefix.size() + post.suffix.size());
+  std::vector<int32_t> ids(impl_->post.prefix);
+  ids.reserve(text.size() / 3 + 4 + ids.size() + impl_->model_suffix.size());
   impl_->encode(text, ids);
-  if (post.adds_tokens()) {
-    ids.insert(ids.end(), post.suffix.begin(), post.suffix.end());
-  } else {
-    ids.push_back(impl_->eos);
-  }
+  ids.insert(ids.end(), impl_->model_suffix.begin(), impl_->model_suffix.end());
   return ids;
 }
 
