@@ -56,11 +56,18 @@ fs::path resolve(const fs::path& path) {
   return p;
 }
 
-// ".NAME.tmp.PID" files of processes that no longer exist (killed with SIGKILL, say).
-void remove_stale_temps(const fs::path& target) {
-  std::string prefix = ".";  // built by appending: GCC 12 warns (-Wrestrict) on "." + string
+// Temporary files of `target` are ".NAME.tmp.PID": hidden, in the same folder (so rename() is
+// atomic), one per process. Built by appending: GCC 12 warns (-Wrestrict) on "." + string.
+std::string temp_prefix(const fs::path& target) {
+  std::string prefix = ".";
   prefix += target.filename().string();
   prefix += ".tmp.";
+  return prefix;
+}
+
+// ".NAME.tmp.PID" files of processes that no longer exist (killed with SIGKILL, say).
+void remove_stale_temps(const fs::path& target) {
+  const std::string prefix = temp_prefix(target);
   std::error_code ec;
   const fs::path dir = target.parent_path().empty() ? fs::path(".") : target.parent_path();
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
@@ -92,12 +99,7 @@ AtomicOutput::AtomicOutput(const std::string& path) {
     return;
   }
   remove_stale_temps(target);
-  // Hidden, in the same folder (so rename() is atomic), unique to this process.
-  std::string name = ".";
-  name += target.filename().string();
-  name += ".tmp.";
-  name += std::to_string(::getpid());
-  temp_path_ = (target.parent_path() / name).string();
+  temp_path_ = (target.parent_path() / (temp_prefix(target) + std::to_string(::getpid()))).string();
   guard_with_signals(temp_path_);
   file_ = std::fopen(temp_path_.c_str(), "wb");
   if (file_ == nullptr) {
